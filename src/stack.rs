@@ -1,0 +1,176 @@
+//! The default dial stack in one line.
+//!
+//! [`DialStack`] assembles the stack most nodes want, TCP with an optional
+//! SOCKS5 proxy and a per-attempt timeout, and [`build`](DialStack::build)s it
+//! into a [`Dialer`], a cloneable `Service<SocketAddr, Response = TcpStream,
+//! Error = BoxError>`:
+//!
+//! ```no_run
+//! # fn f() -> Result<(), tower::BoxError> {
+//! let dialer = connmgr::DialStack::new().socks5("127.0.0.1:9050".parse()?).build();
+//! # let _ = dialer; Ok(()) }
+//! ```
+//!
+//! The same stack written out with tower's [`ServiceBuilder`] is
+//!
+//! ```
+//! # use connmgr::{connect::TcpConnector, socks::Socks5Layer};
+//! # use std::time::Duration;
+//! # use tower::ServiceBuilder;
+//! # let proxy = "127.0.0.1:9050".parse().unwrap();
+//! let dialer = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(30))   // per attempt: TCP connect + handshake
+//!     .layer(Socks5Layer::new(proxy))     // connect to the proxy, then SOCKS5
+//!     .service(TcpConnector::new());      // the TCP leaf
+//! # let _ = dialer;
+//! ```
+//!
+//! which is the form to start from when adding layers of your own (see
+//! `examples/custom_stack.rs`).
+//!
+//! # Telling a timeout apart
+//!
+//! The stack's error is a [`BoxError`]. A dial that ran out of time is a
+//! [`tower::timeout::error::Elapsed`]:
+//!
+//! ```
+//! # fn f(err: tower::BoxError) {
+//! if err.is::<tower::timeout::error::Elapsed>() {
+//!     // timed out
+//! } else if let Some(e) = err.downcast_ref::<connmgr::connect::ConnectError>() {
+//!     // TCP failure: e.kind(), e.addr()
+//! } else if let Some(e) = err.downcast_ref::<connmgr::socks::Socks5Error>() {
+//!     // proxy failure: e.kind()
+//! }
+//! # }
+//! ```
+//!
+//! [`ServiceBuilder`]: tower::ServiceBuilder
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::net::TcpStream;
+use tower::{BoxError, Service, ServiceBuilder, util::BoxCloneSyncService};
+
+use crate::{connect::TcpConnector, socks::Socks5Layer};
+
+/// The default connect timeout, as in btcd.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the default dial stack. See the [module docs](crate::stack).
+#[derive(Clone, Debug)]
+pub struct DialStack {
+    connector: TcpConnector,
+    socks5: Option<Socks5Layer>,
+    timeout: Option<Duration>,
+}
+
+impl Default for DialStack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DialStack {
+    /// TCP with the default [`TcpConnector`] options and a 30 s timeout per
+    /// attempt.
+    pub fn new() -> Self {
+        Self {
+            connector: TcpConnector::new(),
+            socks5: None,
+            timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+        }
+    }
+
+    /// Uses this TCP connector (for its socket options).
+    pub fn connector(mut self, connector: TcpConnector) -> Self {
+        self.connector = connector;
+        self
+    }
+
+    /// Dials through the SOCKS5 proxy at `proxy`, without authentication.
+    pub fn socks5(self, proxy: SocketAddr) -> Self {
+        self.socks5_layer(Socks5Layer::new(proxy))
+    }
+
+    /// Dials through a configured SOCKS5 layer (credentials, Tor isolation).
+    pub fn socks5_layer(mut self, layer: Socks5Layer) -> Self {
+        self.socks5 = Some(layer);
+        self
+    }
+
+    /// The time limit of each attempt, TCP connect and handshake together;
+    /// `None` for no limit. Default is 30 seconds.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Assembles the stack.
+    pub fn build(self) -> Dialer {
+        let inner = match self.socks5 {
+            Some(socks) => BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .option_layer(self.timeout.map(tower::timeout::TimeoutLayer::new))
+                    .map_err(BoxError::from)
+                    .layer(socks)
+                    .service(self.connector),
+            ),
+            None => BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .option_layer(self.timeout.map(tower::timeout::TimeoutLayer::new))
+                    .map_err(BoxError::from)
+                    .service(self.connector),
+            ),
+        };
+        Dialer { inner }
+    }
+}
+
+/// The stack built by [`DialStack`]: a cloneable
+/// `Service<SocketAddr, Response = TcpStream, Error = BoxError>`.
+#[derive(Clone)]
+pub struct Dialer {
+    inner: BoxCloneSyncService<SocketAddr, TcpStream, BoxError>,
+}
+
+impl Dialer {
+    /// The default stack: `DialStack::new().build()`.
+    pub fn new() -> Self {
+        DialStack::new().build()
+    }
+}
+
+impl Default for Dialer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("Dialer")
+    }
+}
+
+impl Service<SocketAddr> for Dialer {
+    type Response = TcpStream;
+    type Error = BoxError;
+    type Future =
+        <BoxCloneSyncService<SocketAddr, TcpStream, BoxError> as Service<SocketAddr>>::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, addr: SocketAddr) -> Self::Future {
+        self.inner.call(addr)
+    }
+}
