@@ -1,0 +1,205 @@
+//! The dial stack over real loopback sockets: TCP, a real SOCKS5 proxy
+//! (microsocks), and an in-process proxy that misbehaves on purpose.
+
+mod support;
+
+use std::{io, net::SocketAddr, time::Duration};
+
+use connmgr::{
+    DialStack,
+    connect::{ConnectError, TcpConnector},
+    socks::{ReplyCode, Socks5Error, Socks5ErrorKind, Socks5Layer},
+};
+use support::socks5::{Behaviour, FakeSocks5, RealSocks5};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+fn socks_kind(err: &BoxError) -> Socks5ErrorKind {
+    err.downcast_ref::<Socks5Error>()
+        .unwrap_or_else(|| panic!("expected a Socks5Error, got {err:?}"))
+        .kind()
+}
+
+/// A refused port gives a connection-refused error naming the address.
+#[tokio::test]
+async fn refused_port_is_connection_refused() {
+    let addr = support::refused_addr().await;
+    let err = TcpConnector::new().oneshot(addr).await.expect_err("nothing listens");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    assert_eq!(err.addr(), addr);
+    assert!(err.to_string().contains(&addr.to_string()));
+
+    // The same error comes through the default stack, boxed.
+    let err = DialStack::new().build().oneshot(addr).await.expect_err("refused");
+    let tcp = err.downcast_ref::<ConnectError>().expect("a ConnectError");
+    assert_eq!(tcp.kind(), io::ErrorKind::ConnectionRefused);
+}
+
+/// The connector applies its socket options.
+#[tokio::test]
+async fn connector_sets_socket_options() {
+    let target = support::echo_target().await;
+    let connector = TcpConnector::new()
+        .keepalive(Some(Duration::from_secs(42)))
+        .local_address(Some("127.0.0.1".parse().expect("ip")));
+    let mut stream = connector.oneshot(target).await.expect("connect");
+    assert!(stream.nodelay().expect("nodelay"));
+    let sock = socket2::SockRef::from(&stream);
+    assert!(sock.keepalive().expect("keepalive"));
+    assert_eq!(sock.tcp_keepalive_time().expect("keepalive time"), Duration::from_secs(42));
+    assert_eq!(stream.peer_addr().expect("peer"), target);
+    support::assert_echo(&mut stream, b"hello").await;
+
+    let plain = TcpConnector::new().nodelay(false).oneshot(target).await.expect("connect");
+    assert!(!plain.nodelay().expect("nodelay"));
+}
+
+/// Dials through a real SOCKS5 server without authentication and exchanges
+/// bytes with the target.
+#[tokio::test]
+async fn socks5_real_proxy_no_auth() {
+    support::trace_init();
+    let target = support::echo_target().await;
+    let proxy = RealSocks5::start(None).await;
+    let dialer = DialStack::new().socks5(proxy.addr).build();
+    let mut stream = dialer.oneshot(target).await.expect("dial through proxy");
+    assert_eq!(stream.peer_addr().expect("peer"), proxy.addr, "the stream goes to the proxy");
+    support::assert_echo(&mut stream, b"through the proxy").await;
+}
+
+/// Dials through a real SOCKS5 server that requires username/password; a
+/// wrong password is an `AuthRejected` error, no credentials `AuthRequired`
+/// or `NoAcceptableAuthMethod`.
+#[tokio::test]
+async fn socks5_real_proxy_with_password() {
+    let target = support::echo_target().await;
+    let proxy = RealSocks5::start(Some(("alice", "s3cret"))).await;
+
+    let layer = Socks5Layer::new(proxy.addr).credentials("alice", "s3cret").expect("valid");
+    let dialer = ServiceBuilder::new().layer(layer).service(TcpConnector::new());
+    let mut stream = dialer.oneshot(target).await.expect("dial with password");
+    support::assert_echo(&mut stream, b"authenticated").await;
+
+    let wrong = Socks5Layer::new(proxy.addr).credentials("alice", "wrong").expect("valid");
+    let err = ServiceBuilder::new()
+        .layer(wrong)
+        .service(TcpConnector::new())
+        .oneshot(target)
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(err.kind(), Socks5ErrorKind::AuthRejected(s) if s != 0), "{err}");
+
+    let err = ServiceBuilder::new()
+        .layer(Socks5Layer::new(proxy.addr))
+        .service(TcpConnector::new())
+        .oneshot(target)
+        .await
+        .expect_err("no credentials");
+    assert_eq!(err.kind(), Socks5ErrorKind::NoAcceptableAuthMethod, "{err}");
+}
+
+/// A target the proxy cannot reach is a SOCKS reply error, not a hang.
+#[tokio::test]
+async fn socks5_real_proxy_refused_target() {
+    let target = support::refused_addr().await;
+    let proxy = RealSocks5::start(None).await;
+    let err = DialStack::new().socks5(proxy.addr).build().oneshot(target).await.expect_err("refused");
+    assert!(matches!(socks_kind(&err), Socks5ErrorKind::Reply(_)), "{err}");
+}
+
+/// An unreachable proxy is `ProxyUnreachable`, with the TCP error as source.
+#[tokio::test]
+async fn socks5_unreachable_proxy() {
+    let proxy = support::refused_addr().await;
+    let target: SocketAddr = "127.0.0.1:8333".parse().expect("addr");
+    let err = DialStack::new().socks5(proxy).build().oneshot(target).await.expect_err("no proxy");
+    assert_eq!(socks_kind(&err), Socks5ErrorKind::ProxyUnreachable);
+    let socks = err.downcast_ref::<Socks5Error>().expect("socks error");
+    assert_eq!(socks.proxy(), proxy);
+    let source = std::error::Error::source(socks).expect("source");
+    let tcp = source.downcast_ref::<ConnectError>().expect("the TCP error is kept");
+    assert_eq!(tcp.kind(), io::ErrorKind::ConnectionRefused);
+}
+
+/// Tor stream isolation sends different credentials on every connection.
+#[tokio::test]
+async fn tor_isolation_sends_fresh_credentials() {
+    let target = support::echo_target().await;
+    let proxy = FakeSocks5::start_recording().await;
+    let dialer = ServiceBuilder::new()
+        .layer(Socks5Layer::new(proxy.addr).tor_isolation(true))
+        .service(TcpConnector::new());
+    for _ in 0..3 {
+        let mut s = dialer.clone().oneshot(target).await.expect("isolated dial");
+        support::assert_echo(&mut s, b"x").await;
+    }
+    let seen = proxy.seen_credentials();
+    assert_eq!(seen.len(), 3);
+    assert_ne!(seen[0], seen[1]);
+    assert_ne!(seen[1], seen[2]);
+    assert_ne!(seen[0].0, seen[1].0, "usernames differ too");
+}
+
+async fn dial_fake(behaviour: Behaviour, credentials: Option<(&str, &str)>) -> Socks5Error {
+    let proxy = FakeSocks5::start(behaviour.clone(), credentials).await;
+    let mut layer = Socks5Layer::new(proxy.addr);
+    if let Some((u, p)) = credentials {
+        layer = layer.credentials(u, p).expect("valid");
+    }
+    let target: SocketAddr = "127.0.0.1:8333".parse().expect("addr");
+    ServiceBuilder::new()
+        .layer(layer)
+        .service(TcpConnector::new())
+        .oneshot(target)
+        .await
+        .expect_err(&format!("{behaviour:?} must fail"))
+}
+
+/// Each kind of proxy misbehaviour gives its own typed error, with the
+/// tokio-socks error kept as source.
+#[tokio::test]
+async fn misbehaving_proxy_errors_are_typed() {
+    support::trace_init();
+    let cases = [
+        (Behaviour::CloseOnGreeting, None, Socks5ErrorKind::ProxyClosed),
+        (Behaviour::WrongVersion, None, Socks5ErrorKind::Malformed),
+        (Behaviour::ChooseMethod(0x01), None, Socks5ErrorKind::UnexpectedAuthMethod(0x01)),
+        (Behaviour::ChooseMethod(0xff), None, Socks5ErrorKind::NoAcceptableAuthMethod),
+        (Behaviour::ChooseMethod(0x02), None, Socks5ErrorKind::AuthRequired),
+        (Behaviour::RejectAuth, Some(("u", "p")), Socks5ErrorKind::AuthRejected(0x01)),
+        (Behaviour::TruncatedAddress, None, Socks5ErrorKind::Malformed),
+    ];
+    for (behaviour, creds, want) in cases {
+        let err = dial_fake(behaviour.clone(), creds).await;
+        assert_eq!(err.kind(), want, "{behaviour:?}: {err}");
+        assert!(std::error::Error::source(&err).is_some(), "{behaviour:?} keeps its cause");
+    }
+}
+
+/// Every error reply code, assigned or not, is reported as that code.
+#[tokio::test]
+async fn every_reply_code_is_reported() {
+    for code in (1..=8u8).chain([9, 0x42, 0xff]) {
+        let err = dial_fake(Behaviour::Reply(code), None).await;
+        let want = ReplyCode::from_byte(code).expect("non-zero");
+        assert_eq!(err.kind(), Socks5ErrorKind::Reply(want), "code {code}: {err}");
+        assert!(err.to_string().contains("proxy replied"));
+    }
+}
+
+/// A proxy that accepts TCP and never answers ends by the timeout, with an
+/// `Elapsed` error, after exactly the configured time.
+#[tokio::test(start_paused = true)]
+async fn silent_proxy_ends_by_timeout() {
+    let proxy = FakeSocks5::start(Behaviour::Silent, None).await;
+    let target: SocketAddr = "127.0.0.1:8333".parse().expect("addr");
+    let started = tokio::time::Instant::now();
+    let err = DialStack::new()
+        .socks5(proxy.addr)
+        .timeout(Some(Duration::from_secs(30)))
+        .build()
+        .oneshot(target)
+        .await
+        .expect_err("silent proxy");
+    assert!(err.is::<tower::timeout::error::Elapsed>(), "got {err}");
+    assert_eq!(started.elapsed(), Duration::from_secs(30));
+}
