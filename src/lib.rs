@@ -1,9 +1,86 @@
-//! placeholder
+//! A connection manager for peer-to-peer nodes, built as a tower middleware
+//! stack for dialing.
+//!
+//! # Overview
+//!
+//! connmgr keeps a node connected the way btcd's `connmgr` does: it keeps a
+//! target number of outbound connections filled from an address source,
+//! keeps permanent peers connected (retrying with backoff), accepts inbound
+//! connections under a limit, and hands every connection to the application.
+//! It is built the tokio/tower way, in two halves:
+//!
+//! ```text
+//!  application ──Handle (connect / disconnect / remove / snapshot / stop)──┐
+//!                                                                         v
+//!                   manager task: the state map (one owner, no locks)
+//!                   fill task for automatic outbound, retry timers,
+//!                   accept loops, callbacks on their own task
+//!                                                                         │ calls
+//!                                                                         v
+//!  dial stack:  OutboundLimit ─> Timeout ─> Socks5 ─> TcpConnector
+//!               (any tower layer of yours can go in between)
+//! ```
+//!
+//! - The **dial stack** is a `tower::Service<SocketAddr>` made of ordinary
+//!   layers, each usable on its own: [`connect::TcpConnector`] (the leaf),
+//!   [`socks::Socks5Layer`] (SOCKS5 through tokio-socks, with Tor stream
+//!   isolation), tower's `TimeoutLayer`, [`retry::RetryPolicy`] over a
+//!   [`backoff::Backoff`], and [`limit::OutboundLimitLayer`], a concurrency
+//!   limit whose permit lives as long as the connection. [`DialStack`]
+//!   assembles the usual stack in one line.
+//! - The **manager** ([`manager`]) drives any such service: one task owns the
+//!   state map, a [`Handle`](manager::Handle) sends it commands, and each
+//!   connection reaches the application as a [`Connection`](manager::Connection)
+//!   whose drop is the disconnect.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use connmgr::{DialStack, manager::ConnManager};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), connmgr::BoxError> {
+//! // Dial through a local SOCKS5 proxy (Tor, say), 30 s per attempt.
+//! let dialer = DialStack::new().socks5("127.0.0.1:9050".parse()?).build();
+//! let handle = ConnManager::with_dialer(dialer)
+//!     .target_outbound(8)
+//!     .address_source(|| async { Some("127.0.0.1:8333".parse().ok()?) })
+//!     .on_connection(|conn| {
+//!         println!("connected to {} (id {})", conn.addr(), conn.id());
+//!         tokio::spawn(async move {
+//!             // speak the peer protocol on `conn`; dropping it disconnects
+//!             drop(conn);
+//!         });
+//!     })
+//!     .on_disconnection(|ended| println!("{} disconnected", ended.info.addr))
+//!     .start()?;
+//!
+//! let permanent = handle.connect("127.0.0.1:18444".parse()?, true).await?;
+//! let snapshot = handle.snapshot().await?;
+//! println!("{} entries, {:?}", snapshot.entries.len(), snapshot.counters);
+//! handle.remove(permanent).await?;
+//! handle.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Time
+//!
+//! Every timer is a tokio timer, so `tokio::time::pause()` makes backoff,
+//! timeouts and the failure throttle deterministic in tests.
+//!
+//! # Supported Rust versions
+//!
+//! The minimum supported Rust version is 1.85.
+
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod connect;
 pub mod limit;
+pub mod manager;
 pub mod retry;
 pub mod socks;
 pub mod stack;
+
 pub use stack::{DialStack, Dialer};
 pub use tower::BoxError;

@@ -1,0 +1,792 @@
+//! The manager task: the one owner of the state map.
+//!
+//! Everything that changes the map arrives as a message: commands from
+//! [`Handle`]s, finished dials from the dial tasks, automatic dials from the
+//! fill task, dropped connections, and due retry timers. Handlers are plain
+//! synchronous functions; user code (the dial stack, the address source, the
+//! callbacks) runs on other tasks.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    panic::AssertUnwindSafe,
+    pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use futures_util::FutureExt;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    task::{AbortHandle, JoinError, JoinHandle, JoinSet},
+    time::Instant,
+};
+use tower::{BoxError, Service, ServiceExt, timeout::error::Elapsed};
+use tracing::{Instrument, Span};
+
+use super::{
+    AddressSource, Builder, ConnId, ConnInfo, ConnKind, ConnState, Connection, Counters,
+    Disconnected, Entry, Error, Handle, Snapshot,
+    builder::Callback,
+    connection::Control,
+    types::DialFailure,
+};
+use crate::{
+    backoff::Backoff,
+    limit::{OutboundLimit, Permitted},
+};
+
+/// How many ended requests `state` still knows about.
+const TOMBSTONES: usize = 1024;
+
+// ===== shared counters =====
+
+/// Counters and the id source, shared by the manager's tasks and handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    next_id: AtomicU64,
+    dials: AtomicU64,
+    failures: AtomicU64,
+    established: AtomicU64,
+    throttled: AtomicU64,
+    consecutive_failures: AtomicU64,
+    inbound_accepted: AtomicU64,
+    inbound_rejected: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            dials: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            established: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+            inbound_accepted: AtomicU64::new(0),
+            inbound_rejected: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+        }
+    }
+
+    fn next_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Relaxed))
+    }
+
+    /// Records a finished dial. Runs in the dial task *before* the dial
+    /// future (and with it an automatic dial's permit) is dropped, so the
+    /// fill task sees the failure count before it can start a replacement.
+    fn dial_finished(&self, ok: bool, automatic: bool) {
+        if ok {
+            self.established.fetch_add(1, Relaxed);
+            self.consecutive_failures.store(0, Relaxed);
+        } else {
+            self.failures.fetch_add(1, Relaxed);
+            if automatic {
+                self.consecutive_failures.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            dials: self.dials.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            established: self.established.load(Relaxed),
+            throttled: self.throttled.load(Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Relaxed),
+            inbound_accepted: self.inbound_accepted.load(Relaxed),
+            inbound_rejected: self.inbound_rejected.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+        }
+    }
+}
+
+// ===== messages =====
+
+pub(crate) enum Command<A> {
+    Connect {
+        addr: A,
+        permanent: bool,
+        reply: oneshot::Sender<ConnId>,
+    },
+    Disconnect {
+        id: ConnId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Remove {
+        id: ConnId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    State {
+        id: ConnId,
+        reply: oneshot::Sender<Result<ConnState, Error>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot<A>>,
+    },
+    Stop {
+        close: bool,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+type Dialed<IO> = Result<(IO, Option<OwnedSemaphorePermit>), BoxError>;
+type DialFuture<IO> = Pin<Box<dyn Future<Output = Dialed<IO>> + Send>>;
+
+/// An automatic dial prepared by the fill task: its permit is inside `fut`.
+pub(crate) struct AutoDial<A, IO> {
+    addr: A,
+    fut: DialFuture<IO>,
+}
+
+enum Event<IO, A> {
+    Connected(Connection<IO, A>),
+    Accepted(Connection<TcpStream, SocketAddr>),
+    Disconnected(Disconnected<A>),
+    DialFailed(DialFailure<A>),
+}
+
+/// Runs one dial: the connect timeout, the counters, and the split of an
+/// automatic connection from its permit. The counters are updated before the
+/// dial future is dropped (see [`Shared::dial_finished`]).
+async fn run_dial<F, T, E, IO>(
+    fut: F,
+    timeout: Option<Duration>,
+    shared: Arc<Shared>,
+    automatic: bool,
+    split: fn(T) -> (IO, Option<OwnedSemaphorePermit>),
+) -> Dialed<IO>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    let mut fut = pin!(fut);
+    let result = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, fut.as_mut()).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(Elapsed::new().into()),
+        },
+        None => fut.as_mut().await.map_err(Into::into),
+    };
+    shared.dial_finished(result.is_ok(), automatic);
+    result.map(split)
+}
+
+// ===== the fill task =====
+
+/// What the fill task needs; built by [`spawn`].
+pub(crate) struct FillContext<A, D: Service<A>> {
+    svc: OutboundLimit<D>,
+    tx: mpsc::Sender<AutoDial<A, D::Response>>,
+    shared: Arc<Shared>,
+    retry_base: Duration,
+    max_failures: u32,
+    timeout: Option<Duration>,
+}
+
+/// The fill loop: wait for a free outbound permit, respect the failure
+/// throttle, take an address, start the dial and hand it to the manager.
+pub(crate) async fn fill<A, D, S>(ctx: FillContext<A, D>, mut source: S)
+where
+    A: Clone + Send + 'static,
+    D: Service<A> + Send + 'static,
+    D::Response: Send + 'static,
+    D::Error: Into<BoxError>,
+    D::Future: Send + 'static,
+    S: AddressSource<A>,
+{
+    let FillContext {
+        mut svc,
+        tx,
+        shared,
+        retry_base,
+        max_failures,
+        timeout,
+    } = ctx;
+    loop {
+        let ready: Result<(), BoxError> = svc.ready().await.map(drop).map_err(Into::into);
+        if let Err(error) = ready {
+            tracing::warn!(%error, "dial stack not ready; waiting the retry base");
+            tokio::time::sleep(retry_base).await;
+            continue;
+        }
+        if shared.consecutive_failures.load(Relaxed) >= u64::from(max_failures) {
+            shared.throttled.fetch_add(1, Relaxed);
+            tracing::debug!(
+                failures = shared.consecutive_failures.load(Relaxed),
+                wait = ?retry_base,
+                "failure throttle: waiting before the next automatic dial"
+            );
+            tokio::time::sleep(retry_base).await;
+        }
+        let Some(addr) = source.next_address().await else {
+            tracing::debug!("address source has no address");
+            shared.consecutive_failures.fetch_add(1, Relaxed);
+            continue;
+        };
+        let fut = svc.call(addr.clone());
+        let fut = Box::pin(run_dial(
+            fut,
+            timeout,
+            shared.clone(),
+            true,
+            Permitted::into_parts,
+        ));
+        if tx.send(AutoDial { addr, fut }).await.is_err() {
+            return;
+        }
+    }
+}
+
+// ===== the accept loops =====
+
+async fn accept_loop<IO, A>(
+    listener: TcpListener,
+    slots: Option<Arc<Semaphore>>,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<Event<IO, A>>,
+) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    let local = listener.local_addr().ok();
+    let mut backoff = Duration::ZERO;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::ZERO;
+                accepted
+            }
+            Err(error) => {
+                shared.accept_errors.fetch_add(1, Relaxed);
+                backoff = (backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+                tracing::warn!(?local, %error, wait = ?backoff, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let permit = match &slots {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let rejected = shared.inbound_rejected.fetch_add(1, Relaxed) + 1;
+                    tracing::debug!(%peer, rejected, "inbound limit reached; connection closed");
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
+        shared.inbound_accepted.fetch_add(1, Relaxed);
+        let info = ConnInfo {
+            id: shared.next_id(),
+            addr: peer,
+            kind: ConnKind::Inbound,
+        };
+        tracing::debug!(id = %info.id, %peer, "inbound connection accepted");
+        let conn = Connection::new(stream, info, Control::new(permit), None);
+        if events.send(Event::Accepted(conn)).is_err() {
+            return;
+        }
+    }
+}
+
+// ===== the callback task =====
+
+pub(crate) struct Callbacks<IO, A> {
+    pub(crate) on_accept: Option<Callback<Connection<TcpStream, SocketAddr>>>,
+    pub(crate) on_connection: Option<Callback<Connection<IO, A>>>,
+    pub(crate) on_disconnection: Option<Callback<Disconnected<A>>>,
+    pub(crate) on_dial_failure: Option<Callback<DialFailure<A>>>,
+}
+
+fn call<T>(name: &'static str, callback: &Option<Callback<T>>, arg: T) {
+    if let Some(f) = callback {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).is_err() {
+            tracing::error!(callback = name, "callback panicked");
+        }
+    }
+}
+
+/// Runs the callbacks one at a time, in the order the events happened, and
+/// ends when every sender (the manager and the accept loops) is gone.
+async fn run_callbacks<IO, A>(mut rx: mpsc::UnboundedReceiver<Event<IO, A>>, cbs: Callbacks<IO, A>) {
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Connected(c) => call("on_connection", &cbs.on_connection, c),
+            Event::Accepted(c) => call("on_accept", &cbs.on_accept, c),
+            Event::Disconnected(d) => call("on_disconnection", &cbs.on_disconnection, d),
+            Event::DialFailed(f) => call("on_dial_failure", &cbs.on_dial_failure, f),
+        }
+    }
+}
+
+// ===== the actor =====
+
+struct Slot<A> {
+    info: ConnInfo<A>,
+    state: ConnState,
+    attempts: u32,
+    /// Backoff step of a permanent request.
+    retries: u32,
+    next_attempt: Option<Instant>,
+    since: Option<Instant>,
+    dial: Option<AbortHandle>,
+    control: Option<Arc<Control>>,
+    span: Span,
+}
+
+struct Actor<A, D: Service<A>> {
+    dialer: D,
+    backoff: Backoff,
+    stable_period: Duration,
+    timeout: Option<Duration>,
+    shared: Arc<Shared>,
+    slots: HashMap<ConnId, Slot<A>>,
+    timers: BTreeSet<(Instant, ConnId)>,
+    dials: JoinSet<(ConnId, Dialed<D::Response>)>,
+    tasks: JoinSet<()>,
+    ended: VecDeque<(ConnId, ConnState)>,
+    events: mpsc::UnboundedSender<Event<D::Response, A>>,
+    dropped: mpsc::UnboundedSender<ConnId>,
+    wants_connections: bool,
+    wants_disconnections: bool,
+    wants_failures: bool,
+}
+
+/// Starts the manager's tasks.
+pub(crate) fn spawn<A, D>(b: Builder<A, D>, backoff: Backoff, rt: &tokio::runtime::Handle) -> Handle<A>
+where
+    A: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static,
+    D: Service<A> + Clone + Send + 'static,
+    D::Response: AsyncRead + AsyncWrite + Send + 'static,
+    D::Error: Into<BoxError>,
+    D::Future: Send + 'static,
+{
+    let shared = Arc::new(Shared::new());
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (dropped_tx, dropped_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (auto_tx, auto_rx) = mpsc::channel(16);
+
+    let wants_connections = b.on_connection.is_some();
+    let wants_disconnections = b.on_disconnection.is_some();
+    let wants_failures = b.on_dial_failure.is_some();
+    let callbacks = rt.spawn(run_callbacks(
+        events_rx,
+        Callbacks {
+            on_accept: b.on_accept,
+            on_connection: b.on_connection,
+            on_disconnection: b.on_disconnection,
+            on_dial_failure: b.on_dial_failure,
+        },
+    ));
+
+    let mut tasks = JoinSet::new();
+    if let Some(filler) = b.filler {
+        if b.target_outbound > 0 {
+            let ctx = FillContext {
+                svc: OutboundLimit::new(b.dialer.clone(), b.target_outbound),
+                tx: auto_tx,
+                shared: shared.clone(),
+                retry_base: backoff.base(),
+                max_failures: b.max_failures,
+                timeout: b.connect_timeout,
+            };
+            tasks.spawn_on(filler(ctx), rt);
+        }
+    }
+    let inbound_slots = b.max_inbound.map(|n| Arc::new(Semaphore::new(n)));
+    for listener in b.listeners {
+        tasks.spawn_on(
+            accept_loop(listener, inbound_slots.clone(), shared.clone(), events_tx.clone()),
+            rt,
+        );
+    }
+
+    let actor = Actor {
+        dialer: b.dialer,
+        backoff,
+        stable_period: b.stable_period,
+        timeout: b.connect_timeout,
+        shared: shared.clone(),
+        slots: HashMap::new(),
+        timers: BTreeSet::new(),
+        dials: JoinSet::new(),
+        tasks,
+        ended: VecDeque::with_capacity(TOMBSTONES),
+        events: events_tx,
+        dropped: dropped_tx,
+        wants_connections,
+        wants_disconnections,
+        wants_failures,
+    };
+    rt.spawn(actor.run(cmd_rx, dropped_rx, auto_rx, callbacks));
+    Handle { tx: cmd_tx, shared }
+}
+
+impl<A, D> Actor<A, D>
+where
+    A: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static,
+    D: Service<A> + Clone + Send + 'static,
+    D::Response: AsyncRead + AsyncWrite + Send + 'static,
+    D::Error: Into<BoxError>,
+    D::Future: Send + 'static,
+{
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command<A>>,
+        mut dropped: mpsc::UnboundedReceiver<ConnId>,
+        mut auto: mpsc::Receiver<AutoDial<A, D::Response>>,
+        callbacks: JoinHandle<()>,
+    ) {
+        tracing::debug!("connection manager started");
+        let far = || Instant::now() + Duration::from_secs(86400 * 365);
+        let mut timer = pin!(tokio::time::sleep_until(far()));
+        let (close, reply) = loop {
+            let next = self.timers.first().map(|&(at, _)| at);
+            if let Some(at) = next {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Stop { close, reply }) => break (close, Some(reply)),
+                    Some(cmd) => self.on_command(cmd),
+                    // Every handle is gone.
+                    None => break (false, None),
+                },
+                Some(id) = dropped.recv() => self.on_dropped(id),
+                Some(done) = self.dials.join_next(), if !self.dials.is_empty() => self.on_dialed(done),
+                Some(dial) = auto.recv() => self.on_auto_dial(dial),
+                () = &mut timer, if next.is_some() => self.on_timers(),
+            }
+        };
+
+        // Shut down: listeners and the fill task first, then dials in flight
+        // (a connection that arrives now is dropped, which closes it).
+        self.tasks.shutdown().await;
+        drop(auto);
+        self.dials.shutdown().await;
+        for slot in self.slots.values() {
+            if let Some(control) = &slot.control {
+                if close {
+                    control.close();
+                }
+            }
+        }
+        self.slots.clear();
+        self.timers.clear();
+        // The callback task ends once it has run what was queued.
+        drop(self);
+        let _ = callbacks.await;
+        tracing::debug!("connection manager stopped");
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+        // `commands` is dropped last: `Handle::stop` waits for that.
+        drop(dropped);
+        drop(commands);
+    }
+
+    fn on_command(&mut self, cmd: Command<A>) {
+        match cmd {
+            Command::Connect {
+                addr,
+                permanent,
+                reply,
+            } => {
+                let kind = if permanent {
+                    ConnKind::Permanent
+                } else {
+                    ConnKind::OneShot
+                };
+                let id = self.shared.next_id();
+                let slot = self.insert(id, addr, kind);
+                tracing::debug!(parent: &slot.span, %kind, "connection requested");
+                self.start_dial(id);
+                let _ = reply.send(id);
+            }
+            Command::Disconnect { id, reply } => {
+                let result = match self.slots.get(&id) {
+                    None => Err(Error::UnknownId(id)),
+                    Some(s) if s.state != ConnState::Established => {
+                        Err(Error::NotEstablished(id, s.state))
+                    }
+                    Some(_) => {
+                        self.connection_ended(id, true, false);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Remove { id, reply } => {
+                let _ = reply.send(self.remove(id));
+            }
+            Command::State { id, reply } => {
+                let state = match self.slots.get(&id) {
+                    Some(s) => Ok(s.state),
+                    None => self
+                        .ended
+                        .iter()
+                        .rev()
+                        .find(|(e, _)| *e == id)
+                        .map(|&(_, state)| state)
+                        .ok_or(Error::UnknownId(id)),
+                };
+                let _ = reply.send(state);
+            }
+            Command::Snapshot { reply } => {
+                let mut entries: Vec<Entry<A>> = self
+                    .slots
+                    .values()
+                    .map(|s| Entry {
+                        info: s.info.clone(),
+                        state: s.state,
+                        attempts: s.attempts,
+                        next_attempt: s.next_attempt,
+                        connected_since: s.since,
+                    })
+                    .collect();
+                entries.sort_unstable_by_key(|e| e.info.id);
+                let _ = reply.send(Snapshot {
+                    entries,
+                    counters: self.shared.counters(),
+                });
+            }
+            Command::Stop { .. } => unreachable_stop(),
+        }
+    }
+
+    fn insert(&mut self, id: ConnId, addr: A, kind: ConnKind) -> &mut Slot<A> {
+        let span = tracing::debug_span!("conn", %id, %addr, %kind);
+        self.slots.entry(id).or_insert(Slot {
+            info: ConnInfo { id, addr, kind },
+            state: ConnState::Pending,
+            attempts: 0,
+            retries: 0,
+            next_attempt: None,
+            since: None,
+            dial: None,
+            control: None,
+            span,
+        })
+    }
+
+    /// Dials an explicit request (first attempt or a retry).
+    fn start_dial(&mut self, id: ConnId) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        slot.state = ConnState::Pending;
+        slot.next_attempt = None;
+        slot.attempts += 1;
+        tracing::debug!(parent: &slot.span, attempt = slot.attempts, "dialing");
+        let fut = self.dialer.clone().oneshot(slot.info.addr.clone());
+        let fut = run_dial(fut, self.timeout, self.shared.clone(), false, |io| (io, None));
+        let span = slot.span.clone();
+        slot.dial = Some(Self::spawn_dial(&mut self.dials, &self.shared, id, fut, span));
+    }
+
+    fn spawn_dial(
+        dials: &mut JoinSet<(ConnId, Dialed<D::Response>)>,
+        shared: &Shared,
+        id: ConnId,
+        fut: impl Future<Output = Dialed<D::Response>> + Send + 'static,
+        span: Span,
+    ) -> AbortHandle {
+        shared.dials.fetch_add(1, Relaxed);
+        dials.spawn(
+            async move {
+                // A panicking dial stack fails this dial, nothing more.
+                let result = AssertUnwindSafe(fut)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err("dial stack panicked".into()));
+                (id, result)
+            }
+            .instrument(span),
+        )
+    }
+
+    fn on_auto_dial(&mut self, dial: AutoDial<A, D::Response>) {
+        let id = self.shared.next_id();
+        let slot = self.insert(id, dial.addr, ConnKind::Automatic);
+        slot.attempts = 1;
+        tracing::debug!(parent: &slot.span, "dialing automatic peer");
+        let span = slot.span.clone();
+        let handle = Self::spawn_dial(&mut self.dials, &self.shared, id, dial.fut, span);
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.dial = Some(handle);
+        }
+    }
+
+    fn on_dialed(&mut self, done: Result<(ConnId, Dialed<D::Response>), JoinError>) {
+        // A dial we aborted (remove, stop) ends as a JoinError: nothing to do.
+        let Ok((id, result)) = done else { return };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            // Removed while dialing: a late connection is dropped (closed).
+            tracing::debug!(%id, "ignoring dial result of a removed request");
+            return;
+        };
+        slot.dial = None;
+        match result {
+            Ok((io, permit)) => {
+                let now = Instant::now();
+                slot.state = ConnState::Established;
+                slot.since = Some(now);
+                let control = Control::new(permit);
+                slot.control = Some(control.clone());
+                tracing::debug!(parent: &slot.span, "connection established");
+                let conn = Connection::new(io, slot.info.clone(), control, Some(self.dropped.clone()));
+                if self.wants_connections {
+                    let _ = self.events.send(Event::Connected(conn));
+                }
+            }
+            Err(error) => {
+                let attempt = slot.attempts;
+                tracing::debug!(parent: &slot.span, %error, attempt, "dial failed");
+                let retry_at = if slot.info.kind.is_permanent() {
+                    let at = Instant::now() + self.backoff.delay(slot.retries);
+                    slot.retries = slot.retries.saturating_add(1);
+                    slot.state = ConnState::Failing;
+                    slot.next_attempt = Some(at);
+                    self.timers.insert((at, id));
+                    Some(at)
+                } else {
+                    None
+                };
+                let info = slot.info.clone();
+                if retry_at.is_none() {
+                    // Automatic and one-shot requests end with their first
+                    // failure; an automatic one is replaced by the fill task.
+                    self.finish(id, ConnState::Canceled);
+                }
+                if self.wants_failures {
+                    let _ = self.events.send(Event::DialFailed(DialFailure {
+                        info,
+                        attempt,
+                        error,
+                        retry_at,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn on_dropped(&mut self, id: ConnId) {
+        if self
+            .slots
+            .get(&id)
+            .is_some_and(|s| s.state == ConnState::Established)
+        {
+            self.connection_ended(id, false, false);
+        }
+    }
+
+    /// An established connection ended: dropped by its owner, or closed by
+    /// `disconnect` / `remove`.
+    fn connection_ended(&mut self, id: ConnId, close: bool, removed: bool) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if let Some(control) = slot.control.take() {
+            if close {
+                control.close();
+            }
+        }
+        let now = Instant::now();
+        let reconnect_at = if slot.info.kind.is_permanent() && !removed {
+            let stable = slot
+                .since
+                .is_some_and(|since| now.saturating_duration_since(since) >= self.stable_period);
+            if stable {
+                slot.retries = 0;
+            }
+            let at = now + self.backoff.delay(slot.retries);
+            slot.retries = slot.retries.saturating_add(1);
+            slot.state = ConnState::Pending;
+            slot.since = None;
+            slot.next_attempt = Some(at);
+            self.timers.insert((at, id));
+            Some(at)
+        } else {
+            None
+        };
+        tracing::debug!(parent: &slot.span, ?reconnect_at, "connection ended");
+        let info = slot.info.clone();
+        if reconnect_at.is_none() {
+            self.finish(id, ConnState::Disconnected);
+        }
+        if self.wants_disconnections {
+            let _ = self
+                .events
+                .send(Event::Disconnected(Disconnected { info, reconnect_at }));
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) -> Result<(), Error> {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return Err(Error::UnknownId(id));
+        };
+        match slot.state {
+            ConnState::Established => self.connection_ended(id, true, true),
+            _ => {
+                if let Some(dial) = slot.dial.take() {
+                    dial.abort();
+                }
+                if let Some(at) = slot.next_attempt.take() {
+                    self.timers.remove(&(at, id));
+                }
+                tracing::debug!(parent: &slot.span, "request removed");
+                self.finish(id, ConnState::Canceled);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a request out of the map, remembering how it ended.
+    fn finish(&mut self, id: ConnId, state: ConnState) {
+        if let Some(slot) = self.slots.remove(&id) {
+            if let Some(at) = slot.next_attempt {
+                self.timers.remove(&(at, id));
+            }
+        }
+        if self.ended.len() == TOMBSTONES {
+            self.ended.pop_front();
+        }
+        self.ended.push_back((id, state));
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if self
+                .slots
+                .get(&id)
+                .is_some_and(|s| s.next_attempt == Some(at))
+            {
+                self.start_dial(id);
+            }
+        }
+    }
+}
+
+#[cold]
+fn unreachable_stop() {
+    // `run` handles Stop before dispatching; nothing to do here.
+}

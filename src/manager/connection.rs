@@ -1,0 +1,295 @@
+//! The connection handed to the application.
+
+use std::{
+    fmt, io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use futures_util::task::AtomicWaker;
+use pin_project::{pin_project, pinned_drop};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{OwnedSemaphorePermit, mpsc},
+};
+
+use super::{ConnId, ConnKind, Direction};
+
+/// What identifies a connection or request: its id, address and kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo<A = SocketAddr> {
+    /// The request's id.
+    pub id: ConnId,
+    /// The address dialed, or for an inbound connection the remote address.
+    pub addr: A,
+    /// Automatic, permanent, one-shot or inbound.
+    pub kind: ConnKind,
+}
+
+impl<A> ConnInfo<A> {
+    /// Outbound or inbound.
+    pub fn direction(&self) -> Direction {
+        self.kind.direction()
+    }
+}
+
+/// State shared by a [`Connection`] and the manager: the close signal and the
+/// limit permit the connection holds.
+pub(crate) struct Control {
+    closed: AtomicBool,
+    read: AtomicWaker,
+    write: AtomicWaker,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Control {
+    pub(crate) fn new(permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
+        Arc::new(Self {
+            closed: AtomicBool::new(false),
+            read: AtomicWaker::new(),
+            write: AtomicWaker::new(),
+            permit: Mutex::new(permit),
+        })
+    }
+
+    /// Closes the connection from the manager's side: pending and later reads
+    /// and writes end with an error, and the permit is released now.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.release();
+        self.read.wake();
+        self.write.wake();
+    }
+
+    fn release(&self) {
+        // A poisoned lock still holds a valid Option.
+        let permit = match self.permit.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop(permit);
+    }
+
+    #[inline]
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Control")
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection made or accepted by the manager.
+///
+/// It reads and writes straight through to the stream from the dial stack (or
+/// the accepted [`TcpStream`](tokio::net::TcpStream)), and carries the
+/// request's [`ConnInfo`].
+///
+/// **Dropping it is the disconnect.** The manager learns of it at once: an
+/// automatic connection's outbound slot is freed and a replacement dialed, a
+/// permanent peer is reconnected after its backoff, an inbound slot is freed.
+///
+/// When the manager closes it ([`Handle::disconnect`], [`Handle::remove`] or
+/// [`Handle::stop_and_close`]), pending and later reads and writes fail with
+/// [`io::ErrorKind::ConnectionAborted`]; the owner should then drop it, which
+/// closes the socket.
+///
+/// [`Handle::disconnect`]: super::Handle::disconnect
+/// [`Handle::remove`]: super::Handle::remove
+/// [`Handle::stop_and_close`]: super::Handle::stop_and_close
+#[pin_project(PinnedDrop)]
+pub struct Connection<IO, A = SocketAddr> {
+    #[pin]
+    io: IO,
+    info: ConnInfo<A>,
+    control: Arc<Control>,
+    dropped: Option<mpsc::UnboundedSender<ConnId>>,
+}
+
+impl<IO, A> Connection<IO, A> {
+    pub(crate) fn new(
+        io: IO,
+        info: ConnInfo<A>,
+        control: Arc<Control>,
+        dropped: Option<mpsc::UnboundedSender<ConnId>>,
+    ) -> Self {
+        Self {
+            io,
+            info,
+            control,
+            dropped,
+        }
+    }
+
+    /// The request's id.
+    pub fn id(&self) -> ConnId {
+        self.info.id
+    }
+
+    /// The address dialed, or for an inbound connection the remote address.
+    pub fn addr(&self) -> &A {
+        &self.info.addr
+    }
+
+    /// Automatic, permanent, one-shot or inbound.
+    pub fn kind(&self) -> ConnKind {
+        self.info.kind
+    }
+
+    /// Outbound or inbound.
+    pub fn direction(&self) -> Direction {
+        self.info.kind.direction()
+    }
+
+    /// Id, address and kind together.
+    pub fn info(&self) -> &ConnInfo<A> {
+        &self.info
+    }
+
+    /// Whether the manager has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        self.control.is_closed()
+    }
+
+    /// A reference to the underlying stream.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// A mutable reference to the underlying stream.
+    ///
+    /// Reading or writing through it bypasses the manager's close signal.
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+}
+
+impl<IO, A: fmt::Debug> fmt::Debug for Connection<IO, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.info.id)
+            .field("addr", &self.info.addr)
+            .field("kind", &self.info.kind)
+            .field("closed", &self.control.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+#[pinned_drop]
+impl<IO, A> PinnedDrop for Connection<IO, A> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        // Free the slot first, so the fill loop can dial the replacement
+        // while the manager processes the notice.
+        this.control.release();
+        if let Some(tx) = this.dropped.take() {
+            if !this.control.is_closed() {
+                // The manager may be gone already; then nobody needs to know.
+                let _ = tx.send(this.info.id);
+            }
+        }
+    }
+}
+
+fn aborted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed by the connection manager",
+    )
+}
+
+impl<IO: AsyncRead, A> AsyncRead for Connection<IO, A> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.control.is_closed() {
+            return Poll::Ready(Err(aborted()));
+        }
+        match this.io.poll_read(cx, buf) {
+            Poll::Pending => {
+                this.control.read.register(cx.waker());
+                // A close between the check above and the registration
+                // would otherwise be missed.
+                if this.control.is_closed() {
+                    return Poll::Ready(Err(aborted()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+}
+
+impl<IO: AsyncWrite, A> AsyncWrite for Connection<IO, A> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        if this.control.is_closed() {
+            return Poll::Ready(Err(aborted()));
+        }
+        match this.io.poll_write(cx, buf) {
+            Poll::Pending => {
+                this.control.write.register(cx.waker());
+                if this.control.is_closed() {
+                    return Poll::Ready(Err(aborted()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        if this.control.is_closed() {
+            return Poll::Ready(Err(aborted()));
+        }
+        match this.io.poll_write_vectored(cx, bufs) {
+            Poll::Pending => {
+                this.control.write.register(cx.waker());
+                if this.control.is_closed() {
+                    return Poll::Ready(Err(aborted()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.control.is_closed() {
+            return Poll::Ready(Err(aborted()));
+        }
+        this.io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Shutting down a connection the manager closed is allowed.
+        self.project().io.poll_shutdown(cx)
+    }
+}

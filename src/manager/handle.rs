@@ -1,0 +1,140 @@
+//! The application's side of the manager.
+
+use std::{fmt, net::SocketAddr, sync::Arc};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    ConnId, ConnState, Counters, Error, Snapshot,
+    actor::{Command, Shared},
+};
+
+/// Talks to a running manager. Cheap to clone; every clone talks to the same
+/// manager.
+///
+/// Every method returns [`Error::Stopped`] once the manager has stopped, and
+/// none of them waits for a dial. When the last handle is dropped, the
+/// manager stops as with [`stop`](Self::stop).
+pub struct Handle<A = SocketAddr> {
+    pub(crate) tx: mpsc::Sender<Command<A>>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<A> Clone for Handle<A> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<A> fmt::Debug for Handle<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("stopped", &self.tx.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A> Handle<A> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command<A>) -> Result<T, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Asks for a connection to `addr`, in addition to the automatic ones,
+    /// and returns its id at once; the dial runs in the background and its
+    /// outcome reaches `on_connection` or `on_dial_failure`.
+    ///
+    /// A `permanent` request is retried on failure and reconnected on
+    /// disconnect, with exponential backoff, until [`remove`](Self::remove)d.
+    /// A one-shot request ends at its first failure or disconnect.
+    pub async fn connect(&self, addr: A, permanent: bool) -> Result<ConnId, Error> {
+        self.ask(|reply| Command::Connect {
+            addr,
+            permanent,
+            reply,
+        })
+        .await
+    }
+
+    /// Closes an established connection from the manager's side. A permanent
+    /// request is reconnected after its backoff; any other request ends (an
+    /// automatic one is replaced).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`] when no live request has this id,
+    /// [`Error::NotEstablished`] when it is not connected (use
+    /// [`remove`](Self::remove) to cancel a pending request).
+    pub async fn disconnect(&self, id: ConnId) -> Result<(), Error> {
+        self.ask(|reply| Command::Disconnect { id, reply }).await?
+    }
+
+    /// Ends a request at whatever stage it is: closes an established
+    /// connection (never retried, even if permanent), drops a dial in flight
+    /// (a connection that still arrives is closed and never reported), or
+    /// cancels a pending retry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`] when no live request has this id.
+    pub async fn remove(&self, id: ConnId) -> Result<(), Error> {
+        self.ask(|reply| Command::Remove { id, reply }).await?
+    }
+
+    /// The state of a request. Recently ended requests report
+    /// [`Canceled`](ConnState::Canceled) or
+    /// [`Disconnected`](ConnState::Disconnected).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`] for an id never handed out, or one that ended
+    /// long ago.
+    pub async fn state(&self, id: ConnId) -> Result<ConnState, Error> {
+        self.ask(|reply| Command::State { id, reply }).await?
+    }
+
+    /// Every live entry of the state map and the counters.
+    pub async fn snapshot(&self) -> Result<Snapshot<A>, Error> {
+        self.ask(|reply| Command::Snapshot { reply }).await
+    }
+
+    /// The counters, read without asking the manager task. Works after stop.
+    pub fn counters(&self) -> Counters {
+        self.shared.counters()
+    }
+
+    /// Whether the manager has stopped (or is stopping).
+    pub fn is_stopped(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Stops the manager: closes the listeners, cancels dials and retry
+    /// timers, closes connections that arrive late, and returns when every
+    /// task of the manager has ended. No callback runs after it returns.
+    ///
+    /// Established connections stay open with their owners (see
+    /// [`stop_and_close`](Self::stop_and_close)). Calling it again, or on a
+    /// stopped manager, returns at once.
+    pub async fn stop(&self) {
+        self.stop_inner(false).await;
+    }
+
+    /// Like [`stop`](Self::stop), and also closes every established
+    /// outbound connection.
+    pub async fn stop_and_close(&self) {
+        self.stop_inner(true).await;
+    }
+
+    async fn stop_inner(&self, close: bool) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Stop { close, reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        // The manager drops its receiver as the very last thing it does.
+        self.tx.closed().await;
+    }
+}

@@ -1,0 +1,120 @@
+//! The connection manager: btcd's `connmgr`, driving a tower dial stack.
+//!
+//! One task owns the state map: an entry per connection request, keyed by a
+//! [`ConnId`], with its address, [`ConnKind`], [`ConnState`], attempt count
+//! and next-attempt time. The application talks to it through a cloneable
+//! [`Handle`], and hears from it through callbacks that run on a task of
+//! their own, in order.
+//!
+//! # What it does
+//!
+//! - **Automatic outbound.** With an [`AddressSource`], a fill task keeps
+//!   `target_outbound` connections open. The target *is* an
+//!   [`OutboundLimit`](crate::limit::OutboundLimit) around the dial stack:
+//!   the fill task waits for a free permit, asks the source for an address,
+//!   and dials; the permit lives inside the [`Connection`] and returns when it
+//!   is dropped, and the fill task dials a replacement. A failed dial ends
+//!   its request ([`Canceled`](ConnState::Canceled)) and frees the permit for
+//!   a fresh request; after 25 consecutive failures (any success resets the
+//!   count) each replacement first waits the retry base.
+//! - **Explicit requests.** [`Handle::connect`] adds a connection beyond the
+//!   target. A permanent one is retried on failure and reconnected on
+//!   disconnect with exponential backoff and jitter ([`Backoff`]), and its
+//!   backoff starts again from the base only after a connection stayed up for
+//!   the stable period. A one-shot one ends at its first failure.
+//! - **Cancellation.** [`Handle::remove`] ends a request at any stage.
+//! - **Inbound.** Each listener gets an accept loop; `max_inbound` holds a
+//!   slot for each accepted connection's life; accept errors back off.
+//! - **Stop.** [`Handle::stop`] returns when every task has ended.
+//!
+//! # Differences from btcd
+//!
+//! | btcd | here |
+//! |---|---|
+//! | linear backoff, reset on any TCP success | exponential with jitter, reset after a stable period |
+//! | a failed one-shot `Connect` adds an automatic slot | it ends and is reported, nothing else |
+//! | a dropped connection must be reported with `Disconnect` | dropping the [`Connection`] is the report |
+//! | `Disconnect` on a pending request cancels it | it is an [`Error::NotEstablished`]; use `remove` |
+//! | `TargetOutbound: 0` means 8 | `0` means no automatic connections |
+//! | `Stop` leaks dials, timers and late connections | `stop` cancels, closes and joins them |
+//! | accept errors spin | accept errors back off (5 ms doubling to 1 s) |
+//!
+//! [`Backoff`]: crate::backoff::Backoff
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use connmgr::manager::ConnManager;
+//! use std::net::SocketAddr;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let seeds: Vec<SocketAddr> = vec!["127.0.0.1:8333".parse()?];
+//! let mut next = 0;
+//! let handle = ConnManager::builder()
+//!     .target_outbound(8)
+//!     .address_source(move || {
+//!         next += 1;
+//!         let addr = seeds[next % seeds.len()];
+//!         async move { Some(addr) }
+//!     })
+//!     .on_connection(|conn| {
+//!         tokio::spawn(async move {
+//!             // Run the peer protocol on `conn`; dropping it disconnects.
+//!             let _ = conn;
+//!         });
+//!     })
+//!     .start()?;
+//! let id = handle.connect("127.0.0.1:18333".parse()?, true).await?;
+//! println!("{:?}", handle.state(id).await?);
+//! handle.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod actor;
+mod builder;
+mod connection;
+mod handle;
+mod types;
+
+pub use self::{
+    builder::{
+        AddressSource, Builder, ConfigError, DEFAULT_MAX_FAILURES, DEFAULT_RETRY_BASE,
+        DEFAULT_RETRY_CAP, DEFAULT_STABLE_PERIOD, DEFAULT_TARGET_OUTBOUND,
+    },
+    connection::{ConnInfo, Connection},
+    handle::Handle,
+    types::{
+        ConnId, ConnKind, ConnState, Counters, DialFailure, Direction, Disconnected, Entry, Error,
+        Snapshot,
+    },
+};
+
+use std::net::SocketAddr;
+
+use crate::stack::Dialer;
+
+/// Entry point: `ConnManager::builder()` configures and starts a manager.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ConnManager;
+
+impl ConnManager {
+    /// A builder with the default dial stack ([`Dialer`]: TCP, no proxy)
+    /// and `SocketAddr` addresses.
+    pub fn builder() -> Builder<SocketAddr, Dialer> {
+        Builder::default_stack()
+    }
+
+    /// A builder with your own dial stack, for `SocketAddr` addresses. For
+    /// another address type use [`Builder::new`].
+    pub fn with_dialer<D>(dialer: D) -> Builder<SocketAddr, D>
+    where
+        D: tower::Service<SocketAddr> + Clone + Send + 'static,
+        D::Response: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+        D::Error: Into<tower::BoxError>,
+        D::Future: Send + 'static,
+    {
+        Builder::new(dialer)
+    }
+}

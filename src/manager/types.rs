@@ -1,0 +1,248 @@
+//! The manager's public value types.
+
+use std::{error::Error as StdError, fmt, net::SocketAddr};
+
+use tokio::time::Instant;
+use tower::BoxError;
+
+use super::ConnInfo;
+
+/// The id of a connection request. Ids start at 1 and are never reused
+/// within a manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// The number behind the id.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Where a request is in its life (btcd's `ConnState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnState {
+    /// Dialing, or waiting to reconnect after a disconnect.
+    Pending,
+    /// The last dial failed; waiting for the next attempt.
+    Failing,
+    /// Ended without a connection: removed, or failed and not retried.
+    Canceled,
+    /// Connected.
+    Established,
+    /// Was connected, and ended.
+    Disconnected,
+}
+
+impl ConnState {
+    /// `true` for [`Canceled`](Self::Canceled) and
+    /// [`Disconnected`](Self::Disconnected): the request is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Canceled | Self::Disconnected)
+    }
+}
+
+impl fmt::Display for ConnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Pending => "pending",
+            Self::Failing => "failing",
+            Self::Canceled => "canceled",
+            Self::Established => "established",
+            Self::Disconnected => "disconnected",
+        })
+    }
+}
+
+/// Which way a connection was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Dialed by the manager.
+    Outbound,
+    /// Accepted on a listener.
+    Inbound,
+}
+
+/// Why a connection exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnKind {
+    /// Dialed by the fill loop to keep the outbound target; its address came
+    /// from the address source.
+    Automatic,
+    /// Asked for with [`Handle::connect`](super::Handle::connect) and
+    /// `permanent = true`: retried and reconnected until removed.
+    Permanent,
+    /// Asked for with [`Handle::connect`](super::Handle::connect) and
+    /// `permanent = false`: one dial, no retry.
+    OneShot,
+    /// Accepted on a listener.
+    Inbound,
+}
+
+impl ConnKind {
+    /// Outbound or inbound.
+    pub fn direction(self) -> Direction {
+        match self {
+            Self::Inbound => Direction::Inbound,
+            _ => Direction::Outbound,
+        }
+    }
+
+    /// Whether this is a permanent request.
+    pub fn is_permanent(self) -> bool {
+        self == Self::Permanent
+    }
+}
+
+impl fmt::Display for ConnKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Automatic => "automatic",
+            Self::Permanent => "permanent",
+            Self::OneShot => "one-shot",
+            Self::Inbound => "inbound",
+        })
+    }
+}
+
+/// One entry of the state map, as seen by [`Handle::snapshot`](super::Handle::snapshot).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry<A = SocketAddr> {
+    /// Id, address and kind.
+    pub info: ConnInfo<A>,
+    /// The current state.
+    pub state: ConnState,
+    /// Dials made for this request so far.
+    pub attempts: u32,
+    /// When the next dial is due, if one is scheduled.
+    pub next_attempt: Option<Instant>,
+    /// Since when the connection is up, if it is.
+    pub connected_since: Option<Instant>,
+}
+
+impl<A> Entry<A> {
+    /// The request's id.
+    pub fn id(&self) -> ConnId {
+        self.info.id
+    }
+
+    /// Whether this is a permanent request.
+    pub fn permanent(&self) -> bool {
+        self.info.kind.is_permanent()
+    }
+}
+
+/// The manager's counters, all since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Dials started.
+    pub dials: u64,
+    /// Dials that failed (timeouts included).
+    pub failures: u64,
+    /// Outbound connections established.
+    pub established: u64,
+    /// Times the fill loop waited the retry base because of the failure
+    /// throttle.
+    pub throttled: u64,
+    /// Consecutive failed automatic attempts right now (reset by any
+    /// successful connection).
+    pub consecutive_failures: u64,
+    /// Inbound connections accepted and handed to `on_accept`.
+    pub inbound_accepted: u64,
+    /// Inbound connections rejected by the inbound limit.
+    pub inbound_rejected: u64,
+    /// Errors returned by `accept` (each followed by a backoff).
+    pub accept_errors: u64,
+}
+
+/// The state map and counters at one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot<A = SocketAddr> {
+    /// Every live request (pending, failing, established), ordered by id.
+    pub entries: Vec<Entry<A>>,
+    /// The counters.
+    pub counters: Counters,
+}
+
+impl<A> Snapshot<A> {
+    /// The entry with this id, if it is live.
+    pub fn get(&self, id: ConnId) -> Option<&Entry<A>> {
+        self.entries
+            .binary_search_by_key(&id, |e| e.info.id)
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// How many live entries are in `state`.
+    pub fn count(&self, state: ConnState) -> usize {
+        self.entries.iter().filter(|e| e.state == state).count()
+    }
+
+    /// How many established entries are of `kind`.
+    pub fn established(&self, kind: ConnKind) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.state == ConnState::Established && e.info.kind == kind)
+            .count()
+    }
+}
+
+/// A failed dial, as reported to `on_dial_failure`.
+#[derive(Debug)]
+pub struct DialFailure<A = SocketAddr> {
+    /// The request.
+    pub info: ConnInfo<A>,
+    /// Which attempt of this request failed (1 for the first).
+    pub attempt: u32,
+    /// Why. Timeouts are [`tower::timeout::error::Elapsed`].
+    pub error: BoxError,
+    /// When the next attempt is due, for a permanent request; `None` when the
+    /// request ended with this failure.
+    pub retry_at: Option<Instant>,
+}
+
+/// An established connection that ended, as reported to `on_disconnection`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disconnected<A = SocketAddr> {
+    /// The request.
+    pub info: ConnInfo<A>,
+    /// When the reconnect is due, for a permanent request that was not
+    /// removed; `None` when the request ended.
+    pub reconnect_at: Option<Instant>,
+}
+
+/// Errors from a [`Handle`](super::Handle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The manager has stopped.
+    Stopped,
+    /// No live request has this id (it never existed, or it ended).
+    UnknownId(ConnId),
+    /// The request is not connected, so there is nothing to disconnect; use
+    /// [`Handle::remove`](super::Handle::remove) to cancel it.
+    NotEstablished(ConnId, ConnState),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stopped => f.pad("connection manager stopped"),
+            Self::UnknownId(id) => write!(f, "unknown connection id {id}"),
+            Self::NotEstablished(id, state) => {
+                write!(f, "connection {id} is not established (it is {state})")
+            }
+        }
+    }
+}
+
+impl StdError for Error {}
