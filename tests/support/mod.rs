@@ -2,6 +2,7 @@
 //! and an in-process SOCKS5 server that can misbehave on purpose.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod manager;
 pub mod socks5;
 
 use std::net::SocketAddr;
@@ -63,4 +64,99 @@ where
     let mut back = vec![0u8; msg.len()];
     stream.read_exact(&mut back).await.expect("read from echo");
     assert_eq!(back, msg);
+}
+
+/// A loopback peer that accepts connections and keeps them open, counting
+/// the accepts.
+#[derive(Debug, Clone)]
+pub struct HoldingPeer {
+    pub addr: SocketAddr,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Sockets closed by the other side so far.
+    pub closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HoldingPeer {
+    pub async fn start() -> Self {
+        use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind holding peer");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    // Hold until the other side closes.
+                    loop {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self { addr, accepted, closed }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A loopback peer that accepts each connection and closes it at once.
+pub async fn closing_peer() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind closing peer");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            drop(sock);
+        }
+    });
+    addr
+}
+
+/// Lets other tasks and the I/O driver run until `cond` holds, without
+/// letting paused time auto-advance (the runtime never goes idle). Panics
+/// after a bounded number of rounds.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..200_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Like [`until`], for an async condition.
+pub async fn until_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200_000 {
+        if cond().await {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Runs other tasks for a while without letting time advance, so that
+/// anything that would happen now has happened.
+pub async fn settle() {
+    for _ in 0..2_000 {
+        tokio::task::yield_now().await;
+    }
 }

@@ -1,0 +1,53 @@
+//! Wiring a manager's callbacks to channels a test can read.
+
+use std::net::SocketAddr;
+
+use connmgr::manager::{Builder, Connection, DialFailure, Disconnected};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::mpsc::{UnboundedReceiver, unbounded_channel},
+};
+use tower::{BoxError, Service};
+
+/// What the callbacks received, in order per kind.
+#[derive(Debug)]
+pub struct Events<IO> {
+    pub connected: UnboundedReceiver<Connection<IO>>,
+    pub accepted: UnboundedReceiver<Connection<TcpStream>>,
+    pub disconnected: UnboundedReceiver<Disconnected>,
+    pub failed: UnboundedReceiver<DialFailure>,
+}
+
+/// Sets all four callbacks to forward into channels.
+pub fn record<D>(b: Builder<SocketAddr, D>) -> (Builder<SocketAddr, D>, Events<D::Response>)
+where
+    D: Service<SocketAddr> + Clone + Send + 'static,
+    D::Response: AsyncRead + AsyncWrite + Send + 'static,
+    D::Error: Into<BoxError>,
+    D::Future: Send + 'static,
+{
+    let (ctx, connected) = unbounded_channel();
+    let (atx, accepted) = unbounded_channel();
+    let (dtx, disconnected) = unbounded_channel();
+    let (ftx, failed) = unbounded_channel();
+    let b = b
+        .on_connection(move |c| {
+            let _ = ctx.send(c);
+        })
+        .on_accept(move |c| {
+            let _ = atx.send(c);
+        })
+        .on_disconnection(move |d| {
+            let _ = dtx.send(d);
+        })
+        .on_dial_failure(move |f| {
+            let _ = ftx.send(f);
+        });
+    (b, Events { connected, accepted, disconnected, failed })
+}
+
+/// An address source that always returns `addr`.
+pub fn fixed(addr: SocketAddr) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
+    move || std::future::ready(Some(addr))
+}
