@@ -155,7 +155,7 @@ async fn inbound_limit_concurrent() {
     .await;
     assert_eq!(handle.counters().inbound_accepted, 8);
     assert_eq!(handle.counters().inbound_rejected, 92);
-    assert_eq!(live.load(Ordering::SeqCst), 8);
+    until("on_accept ran for each of the 8", || live.load(Ordering::SeqCst) == 8).await;
 
     release_tx.send(true).expect("release");
     until("every slot is released", || live.load(Ordering::SeqCst) == 0).await;

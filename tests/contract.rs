@@ -1,0 +1,335 @@
+//! Where this manager deliberately differs from btcd's connmgr (the bugs of
+//! reference section 5.2), and the rest of the behaviour contract, over real
+//! loopback sockets.
+
+mod support;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use connmgr::{
+    DialStack,
+    manager::{ConnKind, ConnManager, ConnState, Error},
+    socks::Socks5Layer,
+};
+use support::{
+    HoldingPeer,
+    manager::{fixed, record},
+    settle, until, until_async,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// btcd §5.2-8: a failed one-shot connect adds an automatic slot there. Here
+/// it ends, is reported, and the automatic count stays at the target.
+#[tokio::test(start_paused = true)]
+async fn failed_oneshot_never_adds_automatic_slot() {
+    let peer = HoldingPeer::start().await;
+    let down = support::refused_addr().await;
+    let (b, mut ev) = record(ConnManager::builder().target_outbound(1).address_source(fixed(peer.addr)));
+    let handle = b.start().expect("start");
+    let auto = ev.connected.recv().await.expect("automatic connection");
+    let id = handle.connect(down, false).await.expect("one-shot");
+    let failure = ev.failed.recv().await.expect("failure reported");
+    assert_eq!(failure.info.id, id);
+    assert_eq!(failure.info.kind, ConnKind::OneShot);
+    assert_eq!(failure.retry_at, None);
+    let tcp = failure.error.downcast_ref::<connmgr::connect::ConnectError>().expect("tcp error");
+    assert_eq!(tcp.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(handle.state(id).await, Ok(ConnState::Canceled));
+
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    settle().await;
+    assert!(ev.connected.try_recv().is_err(), "no extra automatic connection");
+    let snap = handle.snapshot().await.expect("snapshot");
+    assert_eq!(snap.entries.len(), 1, "no leaked entry: {:?}", snap.entries);
+    assert_eq!(snap.established(ConnKind::Automatic), 1);
+    assert_eq!(peer.accepted(), 1);
+    drop(auto);
+    handle.stop().await;
+}
+
+/// btcd §5.2-7: a dropped automatic connection is not replaced when
+/// explicit connections fill `len(conns)`. Here it always is, with a new id.
+#[tokio::test(start_paused = true)]
+async fn dropped_automatic_connection_is_always_replaced() {
+    let auto_peer = HoldingPeer::start().await;
+    let other = HoldingPeer::start().await;
+    let (b, mut ev) =
+        record(ConnManager::builder().target_outbound(2).address_source(fixed(auto_peer.addr)));
+    let handle = b.start().expect("start");
+    // Explicit connections beyond the target.
+    for _ in 0..3 {
+        handle.connect(other.addr, false).await.expect("explicit");
+    }
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        conns.push(ev.connected.recv().await.expect("connection"));
+    }
+    let victim = conns
+        .iter()
+        .position(|c| c.kind() == ConnKind::Automatic)
+        .expect("an automatic connection");
+    let old = conns.remove(victim);
+    let old_id = old.id();
+    drop(old);
+
+    let gone = ev.disconnected.recv().await.expect("disconnection");
+    assert_eq!(gone.info.id, old_id);
+    let replacement = ev.connected.recv().await.expect("replacement");
+    assert_eq!(replacement.kind(), ConnKind::Automatic);
+    assert!(replacement.id() > old_id, "a new request with a new id");
+    assert_eq!(handle.state(old_id).await, Ok(ConnState::Disconnected));
+    until("the old socket is closed", || auto_peer.closed() == 1).await;
+
+    // Dropping a one-shot connection is not replaced.
+    let explicit = conns
+        .iter()
+        .position(|c| c.kind() == ConnKind::OneShot)
+        .expect("an explicit connection");
+    drop(conns.remove(explicit));
+    ev.disconnected.recv().await.expect("disconnection");
+    tokio::time::advance(Duration::from_secs(600)).await;
+    settle().await;
+    assert!(ev.connected.try_recv().is_err());
+    let snap = handle.snapshot().await.expect("snapshot");
+    assert_eq!(snap.established(ConnKind::Automatic), 2);
+    assert_eq!(snap.established(ConnKind::OneShot), 2);
+    handle.stop().await;
+}
+
+/// btcd §5.2-3: a peer that accepts TCP and drops at once is retried every
+/// RetryDuration forever. Here the delays keep growing until the cap.
+#[tokio::test(start_paused = true)]
+async fn accept_then_drop_peer_backs_off() {
+    let peer = support::closing_peer().await;
+    let base = Duration::from_secs(1);
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .retry_base(base)
+            .retry_cap(Duration::from_secs(16))
+            .jitter(0.0),
+    );
+    let handle = b.start().expect("start");
+    let id = handle.connect(peer, true).await.expect("connect");
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        let mut conn = ev.connected.recv().await.expect("connected");
+        assert_eq!(conn.id(), id);
+        // The application reads until the peer hangs up, then drops it.
+        let mut buf = [0u8; 8];
+        assert_eq!(conn.read(&mut buf).await.unwrap_or(0), 0);
+        drop(conn);
+        let gone = ev.disconnected.recv().await.expect("disconnected");
+        let at = gone.reconnect_at.expect("permanent peers reconnect");
+        delays.push((at - tokio::time::Instant::now()).as_secs());
+    }
+    assert_eq!(delays, [1, 2, 4, 8, 16, 16]);
+    handle.stop().await;
+}
+
+/// A connection that stays up for the stable period resets the backoff.
+#[tokio::test(start_paused = true)]
+async fn stable_connection_resets_backoff() {
+    let peer = HoldingPeer::start().await;
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .retry_base(Duration::from_secs(1))
+            .stable_period(Duration::from_secs(60))
+            .jitter(0.0),
+    );
+    let handle = b.start().expect("start");
+    let id = handle.connect(peer.addr, true).await.expect("connect");
+    assert_eq!(delay_after(&mut ev, 0).await, 1);
+    assert_eq!(delay_after(&mut ev, 10).await, 2, "10 s is not stable: keep backing off");
+    assert_eq!(delay_after(&mut ev, 59).await, 4);
+    assert_eq!(delay_after(&mut ev, 60).await, 1, "a stable connection resets the schedule");
+    assert_eq!(handle.state(id).await, Ok(ConnState::Pending));
+    handle.stop().await;
+}
+
+/// Holds the next connection `secs_up` seconds, drops it, and returns the
+/// reconnect delay in seconds.
+async fn delay_after(ev: &mut support::manager::Events<TcpStream>, secs_up: u64) -> u64 {
+    let conn = ev.connected.recv().await.expect("connected");
+    tokio::time::advance(Duration::from_secs(secs_up)).await;
+    drop(conn);
+    let gone = ev.disconnected.recv().await.expect("disconnected");
+    (gone.reconnect_at.expect("reconnect") - tokio::time::Instant::now()).as_secs()
+}
+
+/// disconnect and remove close the connection from the manager's side: a
+/// pending read ends with ConnectionAborted, and the peer sees the close once
+/// the owner drops it.
+#[tokio::test]
+async fn manager_side_close_ends_pending_io() {
+    let peer = HoldingPeer::start().await;
+    let (b, mut ev) = record(ConnManager::builder());
+    let handle = b.start().expect("start");
+    let id = handle.connect(peer.addr, false).await.expect("connect");
+    let mut conn = ev.connected.recv().await.expect("connected");
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 8];
+        let err = conn.read(&mut buf).await.expect_err("the read is aborted");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
+        let err = conn.write_all(b"late").await.expect_err("writes fail too");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
+        assert!(conn.is_closed());
+    });
+    settle().await;
+    handle.remove(id).await.expect("remove");
+    reader.await.expect("reader saw the close");
+    until("the peer sees the close", || peer.closed() == 1).await;
+    let gone = ev.disconnected.recv().await.expect("disconnection");
+    assert_eq!((gone.info.id, gone.reconnect_at), (id, None));
+    assert_eq!(handle.state(id).await, Ok(ConnState::Disconnected));
+    handle.stop().await;
+}
+
+/// Typed errors for unknown ids and for disconnecting what is not
+/// connected; nothing hangs.
+#[tokio::test(start_paused = true)]
+async fn typed_errors_for_bad_ids() {
+    let down = support::refused_addr().await;
+    let handle = ConnManager::builder()
+        .retry_base(Duration::from_secs(30))
+        .start()
+        .expect("start");
+    let id = handle.connect(down, true).await.expect("connect");
+    until_async("the first dial failed", || async {
+        handle.state(id).await == Ok(ConnState::Failing)
+    })
+    .await;
+    assert_eq!(handle.disconnect(id).await, Err(Error::NotEstablished(id, ConnState::Failing)));
+    // Remove works while waiting on the retry timer, and only once.
+    handle.remove(id).await.expect("remove during backoff");
+    assert_eq!(handle.remove(id).await, Err(Error::UnknownId(id)));
+    assert_eq!(handle.disconnect(id).await, Err(Error::UnknownId(id)));
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    settle().await;
+    assert_eq!(handle.counters().dials, 1, "the cancelled timer never fires");
+    handle.stop().await;
+}
+
+/// For one request, on_connection comes before on_disconnection, and every
+/// callback has run by the time stop returns.
+#[tokio::test(start_paused = true)]
+async fn callbacks_are_ordered_per_request() {
+    let peer = support::closing_peer().await;
+    let log: Arc<Mutex<Vec<(u64, &'static str)>>> = Arc::default();
+    let (l1, l2) = (log.clone(), log.clone());
+    let handle = ConnManager::builder()
+        .target_outbound(4)
+        .address_source(fixed(peer))
+        .on_connection(move |conn| {
+            l1.lock().expect("log").push((conn.id().get(), "connected"));
+            drop(conn);
+        })
+        .on_disconnection(move |d| l2.lock().expect("log").push((d.info.id.get(), "disconnected")))
+        .start()
+        .expect("start");
+    until("40 connections came and went", || {
+        log.lock().expect("log").iter().filter(|(_, e)| *e == "disconnected").count() >= 40
+    })
+    .await;
+    handle.stop().await;
+    let log = log.lock().expect("log").clone();
+    let mut seen = std::collections::HashMap::new();
+    for (id, event) in &log {
+        let previous = seen.insert(*id, *event);
+        match *event {
+            "connected" => assert_eq!(previous, None, "id {id} connected twice"),
+            _ => assert_eq!(previous, Some("connected"), "id {id}: disconnection first"),
+        }
+    }
+    let after = log.len();
+    settle().await;
+    assert_eq!(after, log.len(), "nothing after stop");
+}
+
+/// Stop with dials in flight (hanging SOCKS handshakes against a silent
+/// peer) and a listener: every dial socket is closed, the listener is
+/// closed, and no task of the manager is left.
+#[tokio::test]
+async fn stop_with_dials_in_flight_leaves_nothing_behind() {
+    let silent = HoldingPeer::start().await; // accepts, never answers
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listen_addr = listener.local_addr().expect("addr");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+
+    let dialer = DialStack::new().socks5(silent.addr).timeout(None).build();
+    let handle = ConnManager::with_dialer(dialer)
+        .connect_timeout(None)
+        .target_outbound(3)
+        .address_source(fixed("127.0.0.1:8333".parse().expect("addr")))
+        .listener(listener)
+        .on_accept(drop)
+        .start()
+        .expect("start");
+    handle.connect("127.0.0.1:8334".parse().expect("addr"), true).await.expect("p1");
+    handle.connect("127.0.0.1:8335".parse().expect("addr"), false).await.expect("p2");
+    until("5 dials reach the silent peer", || silent.accepted() == 5).await;
+    assert_eq!(handle.snapshot().await.expect("snapshot").count(ConnState::Pending), 5);
+
+    handle.stop().await;
+    until("every dial socket is closed", || silent.closed() == 5).await;
+    let err = TcpStream::connect(listen_addr).await.expect_err("listener closed");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    until("the peer's per-connection tasks end", || {
+        metrics.num_alive_tasks() == baseline
+    })
+    .await;
+}
+
+/// stop_and_close closes established connections; plain stop leaves them
+/// with their owners.
+#[tokio::test]
+async fn stop_and_close_closes_connections() {
+    let peer = HoldingPeer::start().await;
+    for close in [false, true] {
+        let (b, mut ev) = record(ConnManager::builder());
+        let handle = b.start().expect("start");
+        handle.connect(peer.addr, true).await.expect("connect");
+        let conn = ev.connected.recv().await.expect("connected");
+        if close {
+            handle.stop_and_close().await;
+        } else {
+            handle.stop().await;
+        }
+        assert_eq!(conn.is_closed(), close);
+    }
+}
+
+/// Through a real SOCKS5 proxy (microsocks), the manager keeps its target
+/// filled and replaces dropped connections.
+#[tokio::test]
+async fn socks5_manager_keeps_target_filled() {
+    support::trace_init();
+    let proxy = support::socks5::RealSocks5::start(None).await;
+    let target = support::echo_target().await;
+    let dialer = DialStack::new().socks5_layer(Socks5Layer::new(proxy.addr)).build();
+    let (b, mut ev) = record(
+        ConnManager::with_dialer(dialer)
+            .target_outbound(4)
+            .address_source(fixed(target)),
+    );
+    let handle = b.start().expect("start");
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut c = ev.connected.recv().await.expect("connected through the proxy");
+        support::assert_echo(&mut c, b"ping").await;
+        conns.push(c);
+    }
+    drop(conns.pop());
+    let mut replacement = ev.connected.recv().await.expect("replacement");
+    support::assert_echo(&mut replacement, b"pong").await;
+    let snap = handle.snapshot().await.expect("snapshot");
+    assert_eq!(snap.established(ConnKind::Automatic), 4);
+    assert_eq!(snap.counters.failures, 0);
+    handle.stop().await;
+}
