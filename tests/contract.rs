@@ -30,7 +30,11 @@ use tokio::{
 async fn failed_oneshot_never_adds_automatic_slot() {
     let peer = HoldingPeer::start().await;
     let down = support::refused_addr().await;
-    let (b, mut ev) = record(ConnManager::builder().target_outbound(1).address_source(fixed(peer.addr)));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .target_outbound(1)
+            .address_source(fixed(peer.addr)),
+    );
     let handle = b.start().expect("start");
     let auto = ev.connected.recv().await.expect("automatic connection");
     let id = handle.connect(down, false).await.expect("one-shot");
@@ -38,13 +42,19 @@ async fn failed_oneshot_never_adds_automatic_slot() {
     assert_eq!(failure.info.id, id);
     assert_eq!(failure.info.kind, ConnKind::OneShot);
     assert_eq!(failure.retry_at, None);
-    let tcp = failure.error.downcast_ref::<connmgr::connect::ConnectError>().expect("tcp error");
+    let tcp = failure
+        .error
+        .downcast_ref::<connmgr::connect::ConnectError>()
+        .expect("tcp error");
     assert_eq!(tcp.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_eq!(handle.state(id).await, Ok(ConnState::Canceled));
 
     tokio::time::advance(Duration::from_secs(3600)).await;
     settle().await;
-    assert!(ev.connected.try_recv().is_err(), "no extra automatic connection");
+    assert!(
+        ev.connected.try_recv().is_err(),
+        "no extra automatic connection"
+    );
     let snap = handle.snapshot().await.expect("snapshot");
     assert_eq!(snap.entries.len(), 1, "no leaked entry: {:?}", snap.entries);
     assert_eq!(snap.established(ConnKind::Automatic), 1);
@@ -59,8 +69,11 @@ async fn failed_oneshot_never_adds_automatic_slot() {
 async fn dropped_automatic_connection_is_always_replaced() {
     let auto_peer = HoldingPeer::start().await;
     let other = HoldingPeer::start().await;
-    let (b, mut ev) =
-        record(ConnManager::builder().target_outbound(2).address_source(fixed(auto_peer.addr)));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .target_outbound(2)
+            .address_source(fixed(auto_peer.addr)),
+    );
     let handle = b.start().expect("start");
     // Explicit connections beyond the target.
     for _ in 0..3 {
@@ -145,9 +158,17 @@ async fn stable_connection_resets_backoff() {
     let handle = b.start().expect("start");
     let id = handle.connect(peer.addr, true).await.expect("connect");
     assert_eq!(delay_after(&mut ev, 0).await, 1);
-    assert_eq!(delay_after(&mut ev, 10).await, 2, "10 s is not stable: keep backing off");
+    assert_eq!(
+        delay_after(&mut ev, 10).await,
+        2,
+        "10 s is not stable: keep backing off"
+    );
     assert_eq!(delay_after(&mut ev, 59).await, 4);
-    assert_eq!(delay_after(&mut ev, 60).await, 1, "a stable connection resets the schedule");
+    assert_eq!(
+        delay_after(&mut ev, 60).await,
+        1,
+        "a stable connection resets the schedule"
+    );
     assert_eq!(handle.state(id).await, Ok(ConnState::Pending));
     handle.stop().await;
 }
@@ -204,14 +225,21 @@ async fn typed_errors_for_bad_ids() {
         handle.state(id).await == Ok(ConnState::Failing)
     })
     .await;
-    assert_eq!(handle.disconnect(id).await, Err(Error::NotEstablished(id, ConnState::Failing)));
+    assert_eq!(
+        handle.disconnect(id).await,
+        Err(Error::NotEstablished(id, ConnState::Failing))
+    );
     // Remove works while waiting on the retry timer, and only once.
     handle.remove(id).await.expect("remove during backoff");
     assert_eq!(handle.remove(id).await, Err(Error::UnknownId(id)));
     assert_eq!(handle.disconnect(id).await, Err(Error::UnknownId(id)));
     tokio::time::advance(Duration::from_secs(3600)).await;
     settle().await;
-    assert_eq!(handle.counters().dials, 1, "the cancelled timer never fires");
+    assert_eq!(
+        handle.counters().dials,
+        1,
+        "the cancelled timer never fires"
+    );
     handle.stop().await;
 }
 
@@ -229,11 +257,20 @@ async fn callbacks_are_ordered_per_request() {
             l1.lock().expect("log").push((conn.id().get(), "connected"));
             drop(conn);
         })
-        .on_disconnection(move |d| l2.lock().expect("log").push((d.info.id.get(), "disconnected")))
+        .on_disconnection(move |d| {
+            l2.lock()
+                .expect("log")
+                .push((d.info.id.get(), "disconnected"))
+        })
         .start()
         .expect("start");
     until("40 connections came and went", || {
-        log.lock().expect("log").iter().filter(|(_, e)| *e == "disconnected").count() >= 40
+        log.lock()
+            .expect("log")
+            .iter()
+            .filter(|(_, e)| *e == "disconnected")
+            .count()
+            >= 40
     })
     .await;
     handle.stop().await;
@@ -271,14 +308,29 @@ async fn stop_with_dials_in_flight_leaves_nothing_behind() {
         .on_accept(drop)
         .start()
         .expect("start");
-    handle.connect("127.0.0.1:8334".parse().expect("addr"), true).await.expect("p1");
-    handle.connect("127.0.0.1:8335".parse().expect("addr"), false).await.expect("p2");
+    handle
+        .connect("127.0.0.1:8334".parse().expect("addr"), true)
+        .await
+        .expect("p1");
+    handle
+        .connect("127.0.0.1:8335".parse().expect("addr"), false)
+        .await
+        .expect("p2");
     until("5 dials reach the silent peer", || silent.accepted() == 5).await;
-    assert_eq!(handle.snapshot().await.expect("snapshot").count(ConnState::Pending), 5);
+    assert_eq!(
+        handle
+            .snapshot()
+            .await
+            .expect("snapshot")
+            .count(ConnState::Pending),
+        5
+    );
 
     handle.stop().await;
     until("every dial socket is closed", || silent.closed() == 5).await;
-    let err = TcpStream::connect(listen_addr).await.expect_err("listener closed");
+    let err = TcpStream::connect(listen_addr)
+        .await
+        .expect_err("listener closed");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     until("the peer's per-connection tasks end", || {
         metrics.num_alive_tasks() == baseline
@@ -312,7 +364,9 @@ async fn socks5_manager_keeps_target_filled() {
     support::trace_init();
     let proxy = support::socks5::RealSocks5::start(None).await;
     let target = support::echo_target().await;
-    let dialer = DialStack::new().socks5_layer(Socks5Layer::new(proxy.addr)).build();
+    let dialer = DialStack::new()
+        .socks5_layer(Socks5Layer::new(proxy.addr))
+        .build();
     let (b, mut ev) = record(
         ConnManager::with_dialer(dialer)
             .target_outbound(4)
@@ -321,7 +375,11 @@ async fn socks5_manager_keeps_target_filled() {
     let handle = b.start().expect("start");
     let mut conns = Vec::new();
     for _ in 0..4 {
-        let mut c = ev.connected.recv().await.expect("connected through the proxy");
+        let mut c = ev
+            .connected
+            .recv()
+            .await
+            .expect("connected through the proxy");
         support::assert_echo(&mut c, b"ping").await;
         conns.push(c);
     }

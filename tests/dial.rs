@@ -23,13 +23,20 @@ fn socks_kind(err: &BoxError) -> Socks5ErrorKind {
 #[tokio::test]
 async fn refused_port_is_connection_refused() {
     let addr = support::refused_addr().await;
-    let err = TcpConnector::new().oneshot(addr).await.expect_err("nothing listens");
+    let err = TcpConnector::new()
+        .oneshot(addr)
+        .await
+        .expect_err("nothing listens");
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
     assert_eq!(err.addr(), addr);
     assert!(err.to_string().contains(&addr.to_string()));
 
     // The same error comes through the default stack, boxed.
-    let err = DialStack::new().build().oneshot(addr).await.expect_err("refused");
+    let err = DialStack::new()
+        .build()
+        .oneshot(addr)
+        .await
+        .expect_err("refused");
     let tcp = err.downcast_ref::<ConnectError>().expect("a ConnectError");
     assert_eq!(tcp.kind(), io::ErrorKind::ConnectionRefused);
 }
@@ -45,11 +52,18 @@ async fn connector_sets_socket_options() {
     assert!(stream.nodelay().expect("nodelay"));
     let sock = socket2::SockRef::from(&stream);
     assert!(sock.keepalive().expect("keepalive"));
-    assert_eq!(sock.tcp_keepalive_time().expect("keepalive time"), Duration::from_secs(42));
+    assert_eq!(
+        sock.tcp_keepalive_time().expect("keepalive time"),
+        Duration::from_secs(42)
+    );
     assert_eq!(stream.peer_addr().expect("peer"), target);
     support::assert_echo(&mut stream, b"hello").await;
 
-    let plain = TcpConnector::new().nodelay(false).oneshot(target).await.expect("connect");
+    let plain = TcpConnector::new()
+        .nodelay(false)
+        .oneshot(target)
+        .await
+        .expect("connect");
     assert!(!plain.nodelay().expect("nodelay"));
 }
 
@@ -62,7 +76,11 @@ async fn socks5_real_proxy_no_auth() {
     let proxy = RealSocks5::start(None).await;
     let dialer = DialStack::new().socks5(proxy.addr).build();
     let mut stream = dialer.oneshot(target).await.expect("dial through proxy");
-    assert_eq!(stream.peer_addr().expect("peer"), proxy.addr, "the stream goes to the proxy");
+    assert_eq!(
+        stream.peer_addr().expect("peer"),
+        proxy.addr,
+        "the stream goes to the proxy"
+    );
     support::assert_echo(&mut stream, b"through the proxy").await;
 }
 
@@ -74,19 +92,28 @@ async fn socks5_real_proxy_with_password() {
     let target = support::echo_target().await;
     let proxy = RealSocks5::start(Some(("alice", "s3cret"))).await;
 
-    let layer = Socks5Layer::new(proxy.addr).credentials("alice", "s3cret").expect("valid");
-    let dialer = ServiceBuilder::new().layer(layer).service(TcpConnector::new());
+    let layer = Socks5Layer::new(proxy.addr)
+        .credentials("alice", "s3cret")
+        .expect("valid");
+    let dialer = ServiceBuilder::new()
+        .layer(layer)
+        .service(TcpConnector::new());
     let mut stream = dialer.oneshot(target).await.expect("dial with password");
     support::assert_echo(&mut stream, b"authenticated").await;
 
-    let wrong = Socks5Layer::new(proxy.addr).credentials("alice", "wrong").expect("valid");
+    let wrong = Socks5Layer::new(proxy.addr)
+        .credentials("alice", "wrong")
+        .expect("valid");
     let err = ServiceBuilder::new()
         .layer(wrong)
         .service(TcpConnector::new())
         .oneshot(target)
         .await
         .expect_err("wrong password");
-    assert!(matches!(err.kind(), Socks5ErrorKind::AuthRejected(s) if s != 0), "{err}");
+    assert!(
+        matches!(err.kind(), Socks5ErrorKind::AuthRejected(s) if s != 0),
+        "{err}"
+    );
 
     let err = ServiceBuilder::new()
         .layer(Socks5Layer::new(proxy.addr))
@@ -102,8 +129,16 @@ async fn socks5_real_proxy_with_password() {
 async fn socks5_real_proxy_refused_target() {
     let target = support::refused_addr().await;
     let proxy = RealSocks5::start(None).await;
-    let err = DialStack::new().socks5(proxy.addr).build().oneshot(target).await.expect_err("refused");
-    assert!(matches!(socks_kind(&err), Socks5ErrorKind::Reply(_)), "{err}");
+    let err = DialStack::new()
+        .socks5(proxy.addr)
+        .build()
+        .oneshot(target)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(socks_kind(&err), Socks5ErrorKind::Reply(_)),
+        "{err}"
+    );
 }
 
 /// An unreachable proxy is `ProxyUnreachable`, with the TCP error as source.
@@ -111,12 +146,19 @@ async fn socks5_real_proxy_refused_target() {
 async fn socks5_unreachable_proxy() {
     let proxy = support::refused_addr().await;
     let target: SocketAddr = "127.0.0.1:8333".parse().expect("addr");
-    let err = DialStack::new().socks5(proxy).build().oneshot(target).await.expect_err("no proxy");
+    let err = DialStack::new()
+        .socks5(proxy)
+        .build()
+        .oneshot(target)
+        .await
+        .expect_err("no proxy");
     assert_eq!(socks_kind(&err), Socks5ErrorKind::ProxyUnreachable);
     let socks = err.downcast_ref::<Socks5Error>().expect("socks error");
     assert_eq!(socks.proxy(), proxy);
     let source = std::error::Error::source(socks).expect("source");
-    let tcp = source.downcast_ref::<ConnectError>().expect("the TCP error is kept");
+    let tcp = source
+        .downcast_ref::<ConnectError>()
+        .expect("the TCP error is kept");
     assert_eq!(tcp.kind(), io::ErrorKind::ConnectionRefused);
 }
 
@@ -160,18 +202,45 @@ async fn dial_fake(behaviour: Behaviour, credentials: Option<(&str, &str)>) -> S
 async fn misbehaving_proxy_errors_are_typed() {
     support::trace_init();
     let cases = [
-        (Behaviour::CloseOnGreeting, None, Socks5ErrorKind::ProxyClosed),
+        (
+            Behaviour::CloseOnGreeting,
+            None,
+            Socks5ErrorKind::ProxyClosed,
+        ),
         (Behaviour::WrongVersion, None, Socks5ErrorKind::Malformed),
-        (Behaviour::ChooseMethod(0x01), None, Socks5ErrorKind::UnexpectedAuthMethod(0x01)),
-        (Behaviour::ChooseMethod(0xff), None, Socks5ErrorKind::NoAcceptableAuthMethod),
-        (Behaviour::ChooseMethod(0x02), None, Socks5ErrorKind::AuthRequired),
-        (Behaviour::RejectAuth, Some(("u", "p")), Socks5ErrorKind::AuthRejected(0x01)),
-        (Behaviour::TruncatedAddress, None, Socks5ErrorKind::Malformed),
+        (
+            Behaviour::ChooseMethod(0x01),
+            None,
+            Socks5ErrorKind::UnexpectedAuthMethod(0x01),
+        ),
+        (
+            Behaviour::ChooseMethod(0xff),
+            None,
+            Socks5ErrorKind::NoAcceptableAuthMethod,
+        ),
+        (
+            Behaviour::ChooseMethod(0x02),
+            None,
+            Socks5ErrorKind::AuthRequired,
+        ),
+        (
+            Behaviour::RejectAuth,
+            Some(("u", "p")),
+            Socks5ErrorKind::AuthRejected(0x01),
+        ),
+        (
+            Behaviour::TruncatedAddress,
+            None,
+            Socks5ErrorKind::Malformed,
+        ),
     ];
     for (behaviour, creds, want) in cases {
         let err = dial_fake(behaviour.clone(), creds).await;
         assert_eq!(err.kind(), want, "{behaviour:?}: {err}");
-        assert!(std::error::Error::source(&err).is_some(), "{behaviour:?} keeps its cause");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "{behaviour:?} keeps its cause"
+        );
     }
 }
 
@@ -181,7 +250,11 @@ async fn every_reply_code_is_reported() {
     for code in (1..=8u8).chain([9, 0x42, 0xff]) {
         let err = dial_fake(Behaviour::Reply(code), None).await;
         let want = ReplyCode::from_byte(code).expect("non-zero");
-        assert_eq!(err.kind(), Socks5ErrorKind::Reply(want), "code {code}: {err}");
+        assert_eq!(
+            err.kind(),
+            Socks5ErrorKind::Reply(want),
+            "code {code}: {err}"
+        );
         assert!(err.to_string().contains("proxy replied"));
     }
 }

@@ -23,7 +23,10 @@ async fn timeout_fires_exactly_at_deadline() {
         mock::spawn_layer::<&str, (), _>(TimeoutLayer::new(Duration::from_secs(5)));
     assert_ready_ok!(svc.poll_ready());
     let mut fut = tokio_test::task::spawn(svc.call("peer"));
-    let (_req, _send) = handle.next_request().await.expect("request reaches the inner service");
+    let (_req, _send) = handle
+        .next_request()
+        .await
+        .expect("request reaches the inner service");
 
     tokio::time::advance(Duration::from_millis(4999)).await;
     assert_pending!(fut.poll());
@@ -54,7 +57,9 @@ async fn retry_follows_schedule_and_resets_per_request() {
         .with_rng(JitterRng::seeded(3));
     let policy = RetryPolicy::new(backoff.clone()).max_attempts(6);
     let (svc, mut handle) = mock::pair::<&'static str, ()>();
-    let svc = tower::ServiceBuilder::new().layer(policy.layer()).service(svc);
+    let svc = tower::ServiceBuilder::new()
+        .layer(policy.layer())
+        .service(svc);
 
     for round in 0..2 {
         let call = tokio::spawn(svc.clone().oneshot("peer"));
@@ -92,9 +97,19 @@ async fn retry_returns_eventual_success() {
         .service(svc);
     let call = tokio::spawn(svc.oneshot("peer"));
     for _ in 0..3 {
-        handle.next_request().await.expect("attempt").1.send_error("down");
+        handle
+            .next_request()
+            .await
+            .expect("attempt")
+            .1
+            .send_error("down");
     }
-    handle.next_request().await.expect("attempt").1.send_response(9);
+    handle
+        .next_request()
+        .await
+        .expect("attempt")
+        .1
+        .send_response(9);
     assert_eq!(call.await.expect("join").expect("success"), 9);
 }
 
@@ -119,7 +134,10 @@ async fn limit_waits_for_a_dropped_connection() {
     let first = conns.remove(0);
     assert_eq!(*first.get_ref(), "a");
     drop(first);
-    assert!(svc.is_woken(), "dropping a connection wakes the waiting dialer");
+    assert!(
+        svc.is_woken(),
+        "dropping a connection wakes the waiting dialer"
+    );
     assert_ready_ok!(svc.poll_ready());
 }
 
@@ -140,7 +158,10 @@ async fn limit_failed_or_cancelled_dial_frees_its_permit() {
     let fut = svc.call("b");
     assert_pending!(svc.poll_ready());
     drop(fut);
-    assert!(assert_ready!(svc.poll_ready()).is_ok(), "the cancelled dial's permit is back");
+    assert!(
+        assert_ready!(svc.poll_ready()).is_ok(),
+        "the cancelled dial's permit is back"
+    );
 }
 
 /// Clones of a limited service share the permits.

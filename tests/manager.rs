@@ -41,10 +41,16 @@ async fn new_config() {
         .start()
         .expect_err("cap below base");
     assert!(matches!(err, ConfigError::Backoff(_)));
-    let err = ConnManager::builder().jitter(2.0).start().expect_err("jitter > 1");
+    let err = ConnManager::builder()
+        .jitter(2.0)
+        .start()
+        .expect_err("jitter > 1");
     assert!(matches!(err, ConfigError::Backoff(_)));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let err = ConnManager::builder().listener(listener).start().expect_err("no on_accept");
+    let err = ConnManager::builder()
+        .listener(listener)
+        .start()
+        .expect_err("no on_accept");
     assert_eq!(err, ConfigError::ListenersWithoutOnAccept);
 
     let handle = ConnManager::builder().start().expect("defaults are valid");
@@ -67,7 +73,11 @@ async fn inbound_limit() {
     support::trace_init();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (b, mut ev) = record(ConnManager::builder().listener(listener).max_inbound(Some(2)));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .listener(listener)
+            .max_inbound(Some(2)),
+    );
     let handle = b.start().expect("start");
 
     let _c1 = TcpStream::connect(addr).await.expect("c1");
@@ -82,7 +92,10 @@ async fn inbound_limit() {
     let n = c3.read(&mut buf).await.unwrap_or(0);
     assert_eq!(n, 0, "the rejected socket is closed at once");
     assert_eq!(handle.counters().inbound_rejected, 1);
-    assert!(ev.accepted.try_recv().is_err(), "a rejected socket never reaches on_accept");
+    assert!(
+        ev.accepted.try_recv().is_err(),
+        "a rejected socket never reaches on_accept"
+    );
 
     drop(first);
     let _c4 = TcpStream::connect(addr).await.expect("c4");
@@ -104,7 +117,11 @@ async fn inbound_limit() {
 async fn inbound_limit_disabled() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (b, mut ev) = record(ConnManager::builder().listener(listener).max_inbound(Some(0)));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .listener(listener)
+            .max_inbound(Some(0)),
+    );
     let handle = b.start().expect("start");
     let mut c = TcpStream::connect(addr).await.expect("tcp");
     let mut buf = [0u8; 1];
@@ -155,14 +172,23 @@ async fn inbound_limit_concurrent() {
     .await;
     assert_eq!(handle.counters().inbound_accepted, 8);
     assert_eq!(handle.counters().inbound_rejected, 92);
-    until("on_accept ran for each of the 8", || live.load(Ordering::SeqCst) == 8).await;
+    until("on_accept ran for each of the 8", || {
+        live.load(Ordering::SeqCst) == 8
+    })
+    .await;
 
     release_tx.send(true).expect("release");
-    until("every slot is released", || live.load(Ordering::SeqCst) == 0).await;
+    until("every slot is released", || {
+        live.load(Ordering::SeqCst) == 0
+    })
+    .await;
     assert!(max_live.load(Ordering::SeqCst) <= 8);
     // All 8 slots are free again.
     let extra: Vec<_> = futures_lite_connect(addr, 8).await;
-    until_async("8 more are accepted", || async { handle.counters().inbound_accepted == 16 }).await;
+    until_async("8 more are accepted", || async {
+        handle.counters().inbound_accepted == 16
+    })
+    .await;
     drop((extra, held));
     handle.stop().await;
 }
@@ -180,7 +206,11 @@ async fn futures_lite_connect(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 #[tokio::test]
 async fn start_stop() {
     let peer = HoldingPeer::start().await;
-    let (b, mut ev) = record(ConnManager::builder().target_outbound(1).address_source(fixed(peer.addr)));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .target_outbound(1)
+            .address_source(fixed(peer.addr)),
+    );
     let handle = b.start().expect("start");
     let conn = ev.connected.recv().await.expect("one connection");
     let id = conn.id();
@@ -197,8 +227,14 @@ async fn start_stop() {
     assert!(!conn.is_closed());
     drop(conn);
     settle().await;
-    assert!(ev.disconnected.try_recv().is_err(), "no callback after stop");
-    assert!(ev.connected.recv().await.is_none(), "the callback task has ended");
+    assert!(
+        ev.disconnected.try_recv().is_err(),
+        "no callback after stop"
+    );
+    assert!(
+        ev.connected.recv().await.is_none(),
+        "the callback task has ended"
+    );
 }
 
 /// TestConnectMode: no address source means no automatic connections; an
@@ -227,7 +263,11 @@ async fn connect_mode() {
 #[tokio::test(start_paused = true)]
 async fn target_outbound() {
     let peer = HoldingPeer::start().await;
-    let (b, mut ev) = record(ConnManager::builder().target_outbound(10).address_source(fixed(peer.addr)));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .target_outbound(10)
+            .address_source(fixed(peer.addr)),
+    );
     let handle = b.start().expect("start");
     let mut conns = Vec::new();
     for _ in 0..10 {
@@ -254,8 +294,11 @@ async fn target_outbound_composition() {
         let auto_peer = HoldingPeer::start().await;
         let p1 = HoldingPeer::start().await;
         let p2 = HoldingPeer::start().await;
-        let (b, mut ev) =
-            record(ConnManager::builder().target_outbound(3).address_source(fixed(auto_peer.addr)));
+        let (b, mut ev) = record(
+            ConnManager::builder()
+                .target_outbound(3)
+                .address_source(fixed(auto_peer.addr)),
+        );
         let handle = b.start().expect("start");
         let mut conns = Vec::new();
         if !permanent_first {
@@ -271,9 +314,19 @@ async fn target_outbound_composition() {
         tokio::time::advance(Duration::from_secs(600)).await;
         settle().await;
         assert!(ev.connected.try_recv().is_err(), "no extra connection");
-        let automatic = conns.iter().filter(|c| c.kind() == ConnKind::Automatic).count();
-        let permanent = conns.iter().filter(|c| c.kind() == ConnKind::Permanent).count();
-        assert_eq!((automatic, permanent), (3, 2), "permanent first: {permanent_first}");
+        let automatic = conns
+            .iter()
+            .filter(|c| c.kind() == ConnKind::Automatic)
+            .count();
+        let permanent = conns
+            .iter()
+            .filter(|c| c.kind() == ConnKind::Permanent)
+            .count();
+        assert_eq!(
+            (automatic, permanent),
+            (3, 2),
+            "permanent first: {permanent_first}"
+        );
         handle.stop().await;
     }
 }
@@ -283,7 +336,11 @@ async fn target_outbound_composition() {
 #[tokio::test(start_paused = true)]
 async fn retry_permanent() {
     let peer = HoldingPeer::start().await;
-    let (b, mut ev) = record(ConnManager::builder().retry_base(Duration::from_secs(1)).jitter(0.0));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .retry_base(Duration::from_secs(1))
+            .jitter(0.0),
+    );
     let handle = b.start().expect("start");
     let id = handle.connect(peer.addr, true).await.expect("connect");
     let first = ev.connected.recv().await.expect("first connection");
@@ -308,7 +365,10 @@ async fn retry_permanent() {
     assert_eq!(handle.state(id).await, Ok(ConnState::Disconnected));
     tokio::time::advance(Duration::from_secs(3600)).await;
     settle().await;
-    assert!(ev.connected.try_recv().is_err(), "a removed permanent peer is never retried");
+    assert!(
+        ev.connected.try_recv().is_err(),
+        "a removed permanent peer is never retried"
+    );
     handle.stop().await;
 }
 
@@ -321,7 +381,12 @@ async fn max_retry_duration() {
     drop(listener); // the network is down
     let base = Duration::from_secs(1);
     let cap = Duration::from_secs(4);
-    let (b, mut ev) = record(ConnManager::builder().retry_base(base).retry_cap(cap).jitter(0.0));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .retry_base(base)
+            .retry_cap(cap)
+            .jitter(0.0),
+    );
     let handle = b.start().expect("start");
     let id = handle.connect(addr, true).await.expect("connect");
 
@@ -368,9 +433,16 @@ async fn network_failure() {
     for round in 1..=3u64 {
         tokio::time::advance(base - Duration::from_millis(1)).await;
         settle().await;
-        assert_eq!(handle.counters().dials, burst + round - 1, "nothing before the base");
+        assert_eq!(
+            handle.counters().dials,
+            burst + round - 1,
+            "nothing before the base"
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
-        until("the throttled dial goes out", || handle.counters().dials == burst + round).await;
+        until("the throttled dial goes out", || {
+            handle.counters().dials == burst + round
+        })
+        .await;
     }
     handle.stop().await;
 }
@@ -421,18 +493,32 @@ fn hanging_dialer(
 #[tokio::test(start_paused = true)]
 async fn remove_pending_connection() {
     let dropped = Arc::new(AtomicUsize::new(0));
-    let (b, mut ev) = record(ConnManager::with_dialer(hanging_dialer(dropped.clone())).connect_timeout(None));
+    let (b, mut ev) =
+        record(ConnManager::with_dialer(hanging_dialer(dropped.clone())).connect_timeout(None));
     let handle = b.start().expect("start");
-    let id = handle.connect("127.0.0.1:18555".parse().expect("addr"), true).await.expect("connect");
+    let id = handle
+        .connect("127.0.0.1:18555".parse().expect("addr"), true)
+        .await
+        .expect("connect");
     settle().await;
     assert_eq!(handle.state(id).await, Ok(ConnState::Pending));
     assert_eq!(dropped.load(Ordering::SeqCst), 0);
 
     handle.remove(id).await.expect("remove");
     assert_eq!(handle.state(id).await, Ok(ConnState::Canceled));
-    until("the dial future is dropped", || dropped.load(Ordering::SeqCst) == 1).await;
+    until("the dial future is dropped", || {
+        dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
     assert_eq!(handle.remove(id).await, Err(Error::UnknownId(id)));
-    assert!(handle.snapshot().await.expect("snapshot").entries.is_empty());
+    assert!(
+        handle
+            .snapshot()
+            .await
+            .expect("snapshot")
+            .entries
+            .is_empty()
+    );
     handle.stop().await;
     assert!(ev.connected.recv().await.is_none());
 }
@@ -486,11 +572,16 @@ async fn listeners() {
         accepted.push(ev.accepted.recv().await.expect("accepted"));
     }
     let mut ports: Vec<u16> = accepted.iter().map(|c| c.addr().port()).collect();
-    let mut client_ports: Vec<u16> =
-        clients.iter().map(|c| c.local_addr().expect("local").port()).collect();
+    let mut client_ports: Vec<u16> = clients
+        .iter()
+        .map(|c| c.local_addr().expect("local").port())
+        .collect();
     ports.sort_unstable();
     client_ports.sort_unstable();
-    assert_eq!(ports, client_ports, "each connection carries its remote address");
+    assert_eq!(
+        ports, client_ports,
+        "each connection carries its remote address"
+    );
 
     handle.stop().await;
     for addr in [a1, a2] {
@@ -506,7 +597,11 @@ async fn listeners() {
 async fn listener_inbound_limit() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (b, mut ev) = record(ConnManager::builder().listener(listener).max_inbound(Some(1)));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .listener(listener)
+            .max_inbound(Some(1)),
+    );
     let handle = b.start().expect("start");
     let _c1 = TcpStream::connect(addr).await.expect("c1");
     let first = ev.accepted.recv().await.expect("first");

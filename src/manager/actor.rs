@@ -33,9 +33,7 @@ use tracing::{Instrument, Span};
 
 use super::{
     AddressSource, Builder, ConnId, ConnInfo, ConnKind, ConnState, Connection, Counters,
-    Disconnected, Entry, Error, Handle, Snapshot,
-    builder::Callback,
-    connection::Control,
+    Disconnected, Entry, Error, Handle, Snapshot, builder::Callback, connection::Control,
     types::DialFailure,
 };
 use crate::{
@@ -318,7 +316,10 @@ fn call<T>(name: &'static str, callback: &Option<Callback<T>>, arg: T) {
 
 /// Runs the callbacks one at a time, in the order the events happened, and
 /// ends when every sender (the manager and the accept loops) is gone.
-async fn run_callbacks<IO, A>(mut rx: mpsc::UnboundedReceiver<Event<IO, A>>, cbs: Callbacks<IO, A>) {
+async fn run_callbacks<IO, A>(
+    mut rx: mpsc::UnboundedReceiver<Event<IO, A>>,
+    cbs: Callbacks<IO, A>,
+) {
     while let Some(event) = rx.recv().await {
         match event {
             Event::Connected(c) => call("on_connection", &cbs.on_connection, c),
@@ -363,7 +364,11 @@ struct Actor<A, D: Service<A>> {
 }
 
 /// Starts the manager's tasks.
-pub(crate) fn spawn<A, D>(b: Builder<A, D>, backoff: Backoff, rt: &tokio::runtime::Handle) -> Handle<A>
+pub(crate) fn spawn<A, D>(
+    b: Builder<A, D>,
+    backoff: Backoff,
+    rt: &tokio::runtime::Handle,
+) -> Handle<A>
 where
     A: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static,
     D: Service<A> + Clone + Send + 'static,
@@ -407,7 +412,12 @@ where
     let inbound_slots = b.max_inbound.map(|n| Arc::new(Semaphore::new(n)));
     for listener in b.listeners {
         tasks.spawn_on(
-            accept_loop(listener, inbound_slots.clone(), shared.clone(), events_tx.clone()),
+            accept_loop(
+                listener,
+                inbound_slots.clone(),
+                shared.clone(),
+                events_tx.clone(),
+            ),
             rt,
         );
     }
@@ -593,9 +603,17 @@ where
         slot.attempts += 1;
         tracing::debug!(parent: &slot.span, attempt = slot.attempts, "dialing");
         let fut = self.dialer.clone().oneshot(slot.info.addr.clone());
-        let fut = run_dial(fut, self.timeout, self.shared.clone(), false, |io| (io, None));
+        let fut = run_dial(fut, self.timeout, self.shared.clone(), false, |io| {
+            (io, None)
+        });
         let span = slot.span.clone();
-        slot.dial = Some(Self::spawn_dial(&mut self.dials, &self.shared, id, fut, span));
+        slot.dial = Some(Self::spawn_dial(
+            &mut self.dials,
+            &self.shared,
+            id,
+            fut,
+            span,
+        ));
     }
 
     fn spawn_dial(
@@ -648,7 +666,8 @@ where
                 let control = Control::new(permit);
                 slot.control = Some(control.clone());
                 tracing::debug!(parent: &slot.span, "connection established");
-                let conn = Connection::new(io, slot.info.clone(), control, Some(self.dropped.clone()));
+                let conn =
+                    Connection::new(io, slot.info.clone(), control, Some(self.dropped.clone()));
                 if self.wants_connections {
                     let _ = self.events.send(Event::Connected(conn));
                 }

@@ -1,12 +1,7 @@
 //! Configuration of the manager.
 
 use std::{
-    error::Error as StdError,
-    fmt,
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
+    error::Error as StdError, fmt, future::Future, net::SocketAddr, pin::Pin, sync::Arc,
     time::Duration,
 };
 

@@ -38,9 +38,15 @@ impl<A> fmt::Debug for Handle<A> {
 }
 
 impl<A> Handle<A> {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command<A>) -> Result<T, Error> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command<A>,
+    ) -> Result<T, Error> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| Error::Stopped)?;
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
     }
 

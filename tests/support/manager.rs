@@ -44,10 +44,20 @@ where
         .on_dial_failure(move |f| {
             let _ = ftx.send(f);
         });
-    (b, Events { connected, accepted, disconnected, failed })
+    (
+        b,
+        Events {
+            connected,
+            accepted,
+            disconnected,
+            failed,
+        },
+    )
 }
 
 /// An address source that always returns `addr`.
-pub fn fixed(addr: SocketAddr) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
+pub fn fixed(
+    addr: SocketAddr,
+) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
     move || std::future::ready(Some(addr))
 }

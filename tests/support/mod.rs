@@ -79,7 +79,9 @@ pub struct HoldingPeer {
 impl HoldingPeer {
     pub async fn start() -> Self {
         use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind holding peer");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind holding peer");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
@@ -101,7 +103,11 @@ impl HoldingPeer {
                 });
             }
         });
-        Self { addr, accepted, closed }
+        Self {
+            addr,
+            accepted,
+            closed,
+        }
     }
 
     pub fn accepted(&self) -> usize {
@@ -115,7 +121,9 @@ impl HoldingPeer {
 
 /// A loopback peer that accepts each connection and closes it at once.
 pub async fn closing_peer() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind closing peer");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind closing peer");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {

@@ -46,8 +46,12 @@ impl FakeSocks5 {
     /// Starts a server. With `credentials`, username/password is required and
     /// must match; without, only "no authentication" is accepted.
     pub async fn start(behaviour: Behaviour, credentials: Option<(&str, &str)>) -> Self {
-        Self::start_inner(behaviour, credentials.map(|(u, p)| (u.to_owned(), p.to_owned())), false)
-            .await
+        Self::start_inner(
+            behaviour,
+            credentials.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            false,
+        )
+        .await
     }
 
     /// A server that requires username/password but accepts any values,
@@ -61,10 +65,15 @@ impl FakeSocks5 {
         credentials: Option<(String, String)>,
         any_credentials: bool,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake socks5");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake socks5");
         let addr = listener.local_addr().expect("fake socks5 addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let server = Self { addr, seen: seen.clone() };
+        let server = Self {
+            addr,
+            seen: seen.clone(),
+        };
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let behaviour = behaviour.clone();
@@ -140,7 +149,8 @@ async fn serve(
         seen.lock().expect("seen lock").push(pair.clone());
         let ok = behaviour != Behaviour::RejectAuth
             && (any_credentials || credentials.as_ref() == Some(&pair));
-        sock.write_all(&[0x01, if ok { 0x00 } else { 0x01 }]).await?;
+        sock.write_all(&[0x01, if ok { 0x00 } else { 0x01 }])
+            .await?;
         if !ok {
             return Ok(());
         }
@@ -152,7 +162,10 @@ async fn serve(
         0x01 => {
             let mut b = [0u8; 6];
             sock.read_exact(&mut b).await?;
-            SocketAddr::from((Ipv4Addr::new(b[0], b[1], b[2], b[3]), u16::from_be_bytes([b[4], b[5]])))
+            SocketAddr::from((
+                Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+                u16::from_be_bytes([b[4], b[5]]),
+            ))
         }
         0x04 => {
             let mut b = [0u8; 18];
@@ -162,13 +175,15 @@ async fn serve(
             SocketAddr::from((Ipv6Addr::from(ip), u16::from_be_bytes([b[16], b[17]])))
         }
         _ => {
-            sock.write_all(&[0x05, 0x08, 0x00, 0x01, 0, 0, 0, 0, 0, 0]).await?;
+            sock.write_all(&[0x05, 0x08, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
+                .await?;
             return Ok(());
         }
     };
     match behaviour {
         Behaviour::Reply(code) => {
-            sock.write_all(&[0x05, code, 0x00, 0x01, 0, 0, 0, 0, 0, 0]).await?;
+            sock.write_all(&[0x05, code, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
+                .await?;
             return Ok(());
         }
         Behaviour::TruncatedAddress => {
@@ -178,15 +193,20 @@ async fn serve(
         _ => {}
     }
     // Only loopback targets are ever dialed by the test proxy.
-    assert!(target.ip().is_loopback(), "test proxy asked to dial {target}");
+    assert!(
+        target.ip().is_loopback(),
+        "test proxy asked to dial {target}"
+    );
     let mut upstream = match TcpStream::connect(target).await {
         Ok(s) => s,
         Err(_) => {
-            sock.write_all(&[0x05, 0x05, 0x00, 0x01, 0, 0, 0, 0, 0, 0]).await?;
+            sock.write_all(&[0x05, 0x05, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
+                .await?;
             return Ok(());
         }
     };
-    sock.write_all(&[0x05, 0x00, 0x00, 0x01, 127, 0, 0, 1, 0, 0]).await?;
+    sock.write_all(&[0x05, 0x00, 0x00, 0x01, 127, 0, 0, 1, 0, 0])
+        .await?;
     let _ = tokio::io::copy_bidirectional(&mut sock, &mut upstream).await;
     Ok(())
 }
@@ -228,14 +248,25 @@ impl RealSocks5 {
             let child = match cmd.spawn() {
                 Ok(child) => child,
                 Err(e) => {
-                    assert!(!in_ci, "microsocks is required in CI but could not start: {e}");
+                    assert!(
+                        !in_ci,
+                        "microsocks is required in CI but could not start: {e}"
+                    );
                     eprintln!("microsocks not available ({e}); using the in-process SOCKS5 server");
                     let fake = FakeSocks5::start(Behaviour::Proxy, credentials).await;
-                    return Self { addr: fake.addr, external: false, child: None };
+                    return Self {
+                        addr: fake.addr,
+                        external: false,
+                        child: None,
+                    };
                 }
             };
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let mut server = Self { addr, external: true, child: Some(child) };
+            let mut server = Self {
+                addr,
+                external: true,
+                child: Some(child),
+            };
             if server.wait_ready().await {
                 return server;
             }
@@ -265,6 +296,8 @@ impl RealSocks5 {
 }
 
 async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind for a free port");
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind for a free port");
     l.local_addr().expect("addr").port()
 }

@@ -1,0 +1,206 @@
+//! A connection manager keeping a small local network connected.
+//!
+//! Starts a dozen loopback "peers" (some accept and hold, some refuse, some
+//! accept and drop after a few seconds), then runs a manager with a target
+//! of 8 automatic connections plus 2 permanent peers, one of which is down
+//! for the first seconds. Every second it shows the state map and the
+//! counters. It stops by itself after 20 seconds (or on Ctrl-C) and prints a
+//! one-line summary.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo run --example manager
+//! cargo run --example manager -- 5     # run for 5 seconds
+//! ```
+//!
+//! Everything happens on 127.0.0.1; nothing leaves the machine.
+
+use std::{
+    io::IsTerminal,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use connmgr::{
+    backoff::JitterRng,
+    manager::{ConnManager, ConnState, Snapshot},
+};
+use tokio::{
+    io::AsyncReadExt,
+    net::TcpListener,
+    time::{Instant, sleep},
+};
+
+#[tokio::main]
+async fn main() -> Result<(), connmgr::BoxError> {
+    let run_for = std::env::args()
+        .nth(1)
+        .map(|s| s.parse::<u64>())
+        .transpose()?
+        .map_or(Duration::from_secs(20), Duration::from_secs);
+
+    // The local network.
+    let mut addrs = Vec::new();
+    for _ in 0..6 {
+        addrs.push(holding_peer().await?);
+    }
+    for _ in 0..3 {
+        addrs.push(refusing_addr().await?);
+    }
+    for i in 0..3 {
+        addrs.push(flaky_peer(Duration::from_secs(2 + 2 * i)).await?);
+    }
+    let permanent_up = holding_peer().await?;
+    let permanent_late = refusing_addr().await?;
+    tokio::spawn(async move {
+        // This permanent peer comes up after 8 seconds.
+        sleep(Duration::from_secs(8)).await;
+        if let Ok(listener) = TcpListener::bind(permanent_late).await {
+            serve_holding(listener).await;
+        }
+    });
+
+    // The address source picks peers from the network in a random order.
+    let rng = JitterRng::seeded(7);
+    let pick = rng.clone();
+    let events = Arc::new(AtomicU64::new(0));
+    let (on_conn, on_disc) = (events.clone(), events.clone());
+    let handle = ConnManager::builder()
+        .target_outbound(8)
+        .retry_base(Duration::from_millis(500))
+        .retry_cap(Duration::from_secs(4))
+        .stable_period(Duration::from_secs(3))
+        .max_failures(5)
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .rng(rng)
+        .address_source(move || {
+            let addr = addrs[(pick.next_u64() % addrs.len() as u64) as usize];
+            async move { Some(addr) }
+        })
+        .on_connection(move |mut conn| {
+            on_conn.fetch_add(1, Ordering::Relaxed);
+            // The "peer protocol": read until the peer hangs up.
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        })
+        .on_disconnection(move |_| {
+            on_disc.fetch_add(1, Ordering::Relaxed);
+        })
+        .start()?;
+    handle.connect(permanent_up, true).await?;
+    handle.connect(permanent_late, true).await?;
+
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    while started.elapsed() < run_for {
+        let snapshot = handle.snapshot().await?;
+        render(&snapshot, started.elapsed(), tty);
+        tokio::select! {
+            _ = sleep(Duration::from_secs(1)) => {}
+            _ = &mut ctrl_c => break,
+        }
+    }
+
+    let last = handle.snapshot().await?;
+    let stop_started = Instant::now();
+    handle.stop().await;
+    let c = last.counters;
+    println!(
+        "done in {:.1}s: {} established now ({} automatic), {} dials, {} failures, {} throttled waits, {} callbacks; stop took {:?}",
+        started.elapsed().as_secs_f64(),
+        last.count(ConnState::Established),
+        last.established(connmgr::manager::ConnKind::Automatic),
+        c.dials,
+        c.failures,
+        c.throttled,
+        events.load(Ordering::Relaxed),
+        stop_started.elapsed(),
+    );
+    Ok(())
+}
+
+fn render(snapshot: &Snapshot, elapsed: Duration, tty: bool) {
+    let now = Instant::now();
+    let mut out = String::new();
+    if tty {
+        out.push_str("\x1b[2J\x1b[H");
+    }
+    out.push_str(&format!(
+        "connmgr example, t={:>4.1}s   (target 8 automatic + 2 permanent)\n",
+        elapsed.as_secs_f64()
+    ));
+    out.push_str(&format!(
+        "{:>5}  {:<17} {:<10} {:<12} {:>8}  {}\n",
+        "id", "address", "kind", "state", "attempts", "next attempt"
+    ));
+    for e in &snapshot.entries {
+        let next = e
+            .next_attempt
+            .map(|at| format!("in {:.1}s", at.saturating_duration_since(now).as_secs_f64()))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:>5}  {:<17} {:<10} {:<12} {:>8}  {}\n",
+            e.id(),
+            e.info.addr.to_string(),
+            e.info.kind.to_string(),
+            e.state.to_string(),
+            e.attempts,
+            next
+        ));
+    }
+    let c = snapshot.counters;
+    out.push_str(&format!(
+        "dials {}  failures {}  established {}  throttled {}  consecutive failures {}\n",
+        c.dials, c.failures, c.established, c.throttled, c.consecutive_failures
+    ));
+    if !tty {
+        out.push('\n');
+    }
+    print!("{out}");
+}
+
+async fn holding_peer() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve_holding(listener));
+    Ok(addr)
+}
+
+async fn serve_holding(listener: TcpListener) {
+    while let Ok((mut sock, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+    }
+}
+
+/// A loopback address where nothing listens.
+async fn refusing_addr() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    listener.local_addr()
+}
+
+/// Accepts, then hangs up after `after`.
+async fn flaky_peer(after: Duration) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                sleep(after).await;
+                drop(sock);
+            });
+        }
+    });
+    Ok(addr)
+}
