@@ -34,8 +34,8 @@ fn close(stream: TcpStream) {
 /// blocking accept loop (cheaper than any client) and a 4096 backlog, so it
 /// never falls behind the client and overflows its accept queue.
 fn start_sink() -> SocketAddr {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     socket.bind(&bind.into()).expect("bind");
     socket.listen(4096).expect("listen");
@@ -70,7 +70,10 @@ fn start_proxy() -> (SocketAddr, Option<std::process::Child>) {
     }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
         rt.block_on(async move {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tx.send(listener.local_addr().expect("addr")).expect("send");
@@ -98,7 +101,10 @@ fn start_proxy() -> (SocketAddr, Option<std::process::Child>) {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let sink = start_sink();
 
     let mut group = c.benchmark_group("loopback_connect");
@@ -124,7 +130,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("raw_tokio_socks", |b| {
         b.to_async(&rt).iter(|| async {
             let tcp = TcpStream::connect(proxy).await.expect("proxy");
-            let s = Socks5Stream::connect_with_socket(tcp, sink).await.expect("socks");
+            let s = Socks5Stream::connect_with_socket(tcp, sink)
+                .await
+                .expect("socks");
             close(s.into_inner());
         })
     });
