@@ -1,0 +1,698 @@
+//! Load test: the connection manager against a raw tokio client, in the same
+//! run, against the same local peer farm.
+//!
+//! The peer farm runs in a child process (this binary re-run with `__farm`),
+//! listening on several loopback ports, so that client and farm do not share
+//! a descriptor table. The two sides alternate (A B A B ...) and the report
+//! gives each round, the medians with min and max, and the ratio pair by pair.
+//! The last line is machine-readable.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo run --release --example loadtest -- churn   [--target 125] [--count 20000] [--rounds 5]
+//! cargo run --release --example loadtest -- hold    [--target 10000] [--rounds 3]
+//! cargo run --release --example loadtest -- refused [--target 125] [--count 20000] [--rounds 5]
+//! cargo run --release --example loadtest -- stop    [--target 10000] [--inflight 1000]
+//! ```
+//!
+//! Scenarios:
+//! - `churn`: `target` connections kept filled; the peers close each at once;
+//!   a connection that ends is replaced; stop after `count` established.
+//!   The raw side runs `target` tasks that each loop: connect, read to EOF.
+//! - `hold`: `target` connections established and held; reports the time to
+//!   fill and the memory per held connection, each side measured in its own
+//!   child process (peak RSS).
+//! - `refused`: every address refuses; attempts per second with the failure
+//!   throttle off, then a check that with it on the rate keeps its promise.
+//! - `stop`: `target` connections held and `inflight` dials hanging; the time
+//!   `stop_and_close` takes, and whether any task or socket is left.
+//!
+//! Only loopback addresses are used. Every loop is bounded in count and time.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use connmgr::manager::{ConnManager, ConnState};
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A round may take at most this long before the run is abandoned.
+const ROUND_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+struct Opts {
+    scenario: String,
+    target: usize,
+    count: u64,
+    rounds: usize,
+    peers: usize,
+    inflight: usize,
+}
+
+fn parse_opts(args: &[String]) -> Result<Opts, Error> {
+    let scenario = args.first().cloned().ok_or("usage: loadtest <churn|hold|refused|stop> [options]")?;
+    let (target, count) = match scenario.as_str() {
+        "hold" | "stop" => (10_000, 0),
+        _ => (125, 20_000),
+    };
+    let mut o = Opts {
+        scenario,
+        target,
+        count,
+        rounds: if args.first().is_some_and(|s| s == "hold") { 3 } else { 5 },
+        peers: 8,
+        inflight: 1000,
+    };
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--target" => o.target = value.parse()?,
+            "--count" => o.count = value.parse()?,
+            "--rounds" => o.rounds = value.parse()?,
+            "--peers" => o.peers = value.parse()?,
+            "--inflight" => o.inflight = value.parse()?,
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    if o.rounds == 0 || o.peers == 0 {
+        return Err("--rounds and --peers must be at least 1".into());
+    }
+    Ok(o)
+}
+
+fn main() -> Result<(), Error> {
+    raise_nofile();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("__farm") => return farm(&args[1..]),
+        Some("__hold") => return hold_child(&args[1..]),
+        _ => {}
+    }
+    let opts = parse_opts(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match opts.scenario.as_str() {
+        "churn" => rt.block_on(churn(&opts)),
+        "hold" => hold(&opts),
+        "refused" => rt.block_on(refused(&opts)),
+        "stop" => rt.block_on(stop(&opts)),
+        other => Err(format!("unknown scenario {other}").into()),
+    }
+}
+
+// ===== measurements =====
+
+/// Raises the soft open-file limit to the hard limit.
+fn raise_nofile() {
+    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        if soft < hard {
+            let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+        }
+    }
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which ends with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+    value: f64,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+}
+
+fn summary(name: &str, unit: &str, xs: &[f64]) -> String {
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{name:>8}: median {:.1} {unit} (min {min:.1}, max {max:.1})", median(xs.to_vec()))
+}
+
+// ===== the peer farm =====
+
+/// A child process that listens on loopback ports. It prints the addresses
+/// on one line, serves until its standard input closes, then exits.
+struct Farm {
+    child: Child,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Farm {
+    fn start(mode: &str, peers: usize) -> Result<Self, Error> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["__farm", mode, &peers.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("farm stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addrs = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        if addrs.is_empty() {
+            return Err("the farm started no listener".into());
+        }
+        Ok(Self { child, addrs })
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn farm(args: &[String]) -> Result<(), Error> {
+    let mode = args.first().ok_or("farm mode")?.clone();
+    let peers: usize = args.get(1).ok_or("farm peers")?.parse()?;
+    let mut listeners = Vec::new();
+    for _ in 0..peers {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let bind: SocketAddr = "127.0.0.1:0".parse()?;
+        socket.bind(&bind.into())?;
+        // A stalling listener has a backlog of one and never accepts, so
+        // further connects hang in SYN_SENT.
+        socket.listen(if mode == "stall" { 1 } else { 4096 })?;
+        listeners.push(std::net::TcpListener::from(socket));
+    }
+    let line: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<Result<_, _>>()?;
+    println!("{}", line.join(" "));
+    std::io::stdout().flush()?;
+    // Exit when the parent closes our stdin (or dies).
+    std::thread::spawn(|| {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        std::process::exit(0);
+    });
+    match mode.as_str() {
+        "close" => {
+            // One blocking accept thread per listener: accept and close.
+            let threads: Vec<_> = listeners
+                .into_iter()
+                .map(|l| {
+                    std::thread::spawn(move || {
+                        for conn in l.incoming() {
+                            drop(conn);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+        "hold" => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for l in listeners {
+                    l.set_nonblocking(true)?;
+                    let l = TcpListener::from_std(l)?;
+                    tasks.push(tokio::spawn(async move {
+                        while let Ok((mut sock, _)) = l.accept().await {
+                            tokio::spawn(async move {
+                                let mut buf = [0u8; 64];
+                                while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+                            });
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+                Ok::<_, Error>(())
+            })?;
+        }
+        "stall" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+            let _ = &listeners;
+        },
+        other => return Err(format!("unknown farm mode {other}").into()),
+    }
+    Ok(())
+}
+
+/// Loopback addresses where nothing listens.
+fn refused_addrs(n: usize) -> Result<Vec<SocketAddr>, Error> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    Ok(listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?)
+}
+
+fn round_robin(addrs: Vec<SocketAddr>) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
+    let mut i = 0usize;
+    move || {
+        i = i.wrapping_add(1);
+        std::future::ready(Some(addrs[i % addrs.len()]))
+    }
+}
+
+// ===== churn =====
+
+async fn churn_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
+    let established = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let (e, d) = (established.clone(), done.clone());
+    let cpu0 = cpu_time();
+    let start = Instant::now();
+    let handle = ConnManager::builder()
+        .target_outbound(target)
+        .address_source(round_robin(addrs.to_vec()))
+        .on_connection(move |mut conn| {
+            if e.fetch_add(1, Ordering::Relaxed) + 1 == count {
+                d.notify_one();
+            }
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        })
+        .start()?;
+    tokio::time::timeout(ROUND_LIMIT, done.notified()).await.map_err(|_| "churn round timed out")?;
+    let wall = start.elapsed();
+    let failures = handle.counters().failures;
+    handle.stop_and_close().await;
+    let cpu = cpu_time().saturating_sub(cpu0);
+    if failures > 0 {
+        eprintln!("  (connmgr: {failures} failed dials)");
+    }
+    Ok(Sample { wall, cpu, value: count as f64 / wall.as_secs_f64() })
+}
+
+async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
+    let started = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_time();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..target)
+        .map(|i| {
+            let started = started.clone();
+            let addrs = addrs.to_vec();
+            tokio::spawn(async move {
+                let mut k = i;
+                while started.fetch_add(1, Ordering::Relaxed) < count {
+                    k = k.wrapping_add(1);
+                    if let Ok(mut sock) = TcpStream::connect(addrs[k % addrs.len()]).await {
+                        let mut buf = [0u8; 64];
+                        while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+                    }
+                }
+            })
+        })
+        .collect();
+    let all = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    tokio::time::timeout(ROUND_LIMIT, all).await.map_err(|_| "raw churn round timed out")?;
+    let wall = start.elapsed();
+    Ok(Sample { wall, cpu: cpu_time().saturating_sub(cpu0), value: count as f64 / wall.as_secs_f64() })
+}
+
+fn report(scenario: &str, params: &str, unit: &str, a: &[Sample], b: &[Sample]) -> f64 {
+    let av: Vec<f64> = a.iter().map(|s| s.value).collect();
+    let bv: Vec<f64> = b.iter().map(|s| s.value).collect();
+    println!("{}", summary("connmgr", unit, &av));
+    println!("{}", summary("raw", unit, &bv));
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.wall.as_secs_f64() / y.wall.as_secs_f64())
+        .collect();
+    let cpu: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.cpu.as_secs_f64() / y.cpu.as_secs_f64().max(0.01))
+        .collect();
+    println!(
+        "time ratio per pair (connmgr/raw): {}",
+        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ")
+    );
+    println!(
+        "cpu ratio per pair (connmgr/raw):  {}",
+        cpu.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
+    );
+    let ratio = median(ratios);
+    println!(
+        "{scenario} {params} connmgr={:.1} raw={:.1} ratio={ratio:.3} cpu_ratio={:.2}",
+        median(av),
+        median(bv),
+        median(cpu)
+    );
+    ratio
+}
+
+async fn churn(o: &Opts) -> Result<(), Error> {
+    let farm = Farm::start("close", o.peers)?;
+    println!(
+        "churn: target {} until {} established, {} rounds, {} peers (conns/s)",
+        o.target, o.count, o.rounds, o.peers
+    );
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        let x = churn_connmgr(&farm.addrs, o.target, o.count).await?;
+        let y = churn_raw(&farm.addrs, o.target, o.count).await?;
+        println!(
+            "round {round}: connmgr {:.0}/s ({:?} cpu)  raw {:.0}/s ({:?} cpu)",
+            x.value, x.cpu, y.value, y.cpu
+        );
+        a.push(x);
+        b.push(y);
+    }
+    report(
+        "churn",
+        &format!("target={} count={} rounds={}", o.target, o.count, o.rounds),
+        "conns/s",
+        &a,
+        &b,
+    );
+    Ok(())
+}
+
+// ===== hold =====
+
+/// One side of `hold`, in its own process: fill `target` connections, hold
+/// them, report the fill time and memory.
+fn hold_child(args: &[String]) -> Result<(), Error> {
+    let side = args.first().ok_or("side")?.clone();
+    let target: usize = args.get(1).ok_or("target")?.parse()?;
+    let addrs = args[2..]
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<Vec<SocketAddr>, _>>()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let base = status_kib("VmRSS:");
+        let held = Arc::new(AtomicUsize::new(0));
+        let full = Arc::new(Notify::new());
+        let start = Instant::now();
+        let mut handle = None;
+        if side == "connmgr" {
+            let (h, f) = (held.clone(), full.clone());
+            handle = Some(
+                ConnManager::builder()
+                    .target_outbound(target)
+                    .address_source(round_robin(addrs))
+                    .on_connection(move |mut conn| {
+                        if h.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                            f.notify_one();
+                        }
+                        tokio::spawn(async move {
+                            let mut buf = [0u8; 64];
+                            while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                        });
+                    })
+                    .start()?,
+            );
+        } else {
+            for i in 0..target {
+                let (h, f, addr) = (held.clone(), full.clone(), addrs[i % addrs.len()]);
+                tokio::spawn(async move {
+                    if let Ok(mut sock) = TcpStream::connect(addr).await {
+                        if h.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                            f.notify_one();
+                        }
+                        let mut buf = [0u8; 64];
+                        while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+                    }
+                });
+            }
+        }
+        tokio::time::timeout(ROUND_LIMIT, full.notified()).await.map_err(|_| "hold fill timed out")?;
+        let fill = start.elapsed();
+        // Let allocations settle before reading memory.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rss = status_kib("VmRSS:");
+        let peak = status_kib("VmHWM:");
+        println!(
+            "fill_us={} base_kib={base} rss_kib={rss} peak_kib={peak}",
+            fill.as_micros()
+        );
+        if let Some(h) = handle {
+            h.stop_and_close().await;
+        }
+        Ok::<_, Error>(())
+    })
+}
+
+fn hold(o: &Opts) -> Result<(), Error> {
+    let farm = Farm::start("hold", o.peers)?;
+    println!("hold: {} connections per side, {} rounds, each side in its own process", o.target, o.rounds);
+    let run = |side: &str| -> Result<(f64, f64), Error> {
+        let mut args = vec!["__hold".to_string(), side.to_string(), o.target.to_string()];
+        args.extend(farm.addrs.iter().map(ToString::to_string));
+        let out = Command::new(std::env::current_exe()?).args(&args).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> Option<f64> {
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        match (field("fill_us"), field("base_kib"), field("peak_kib")) {
+            (Some(fill), Some(base), Some(peak)) => {
+                Ok((fill / 1000.0, (peak - base) * 1024.0 / o.target as f64))
+            }
+            _ => Err(format!(
+                "{side} child failed: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into()),
+        }
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        let x = run("connmgr")?;
+        let y = run("raw")?;
+        println!(
+            "round {round}: connmgr fill {:.1} ms, {:.0} B/conn   raw fill {:.1} ms, {:.0} B/conn",
+            x.0, x.1, y.0, y.1
+        );
+        a.push(x);
+        b.push(y);
+    }
+    let fill_ratio = median(a.iter().zip(&b).map(|(x, y)| x.0 / y.0).collect());
+    let mem_a = median(a.iter().map(|x| x.1).collect());
+    let mem_b = median(b.iter().map(|y| y.1).collect());
+    println!("{}", summary("connmgr", "ms fill", &a.iter().map(|x| x.0).collect::<Vec<_>>()));
+    println!("{}", summary("raw", "ms fill", &b.iter().map(|y| y.0).collect::<Vec<_>>()));
+    println!(
+        "memory per held connection: connmgr {:.0} B, raw {:.0} B, difference {:.0} B",
+        mem_a,
+        mem_b,
+        mem_a - mem_b
+    );
+    println!(
+        "hold target={} rounds={} connmgr={:.1} raw={:.1} ratio={fill_ratio:.3} connmgr_bytes_per_conn={mem_a:.0} raw_bytes_per_conn={mem_b:.0}",
+        o.target,
+        o.rounds,
+        median(a.iter().map(|x| x.0).collect()),
+        median(b.iter().map(|y| y.0).collect()),
+    );
+    Ok(())
+}
+
+// ===== refused =====
+
+async fn refused_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
+    let cpu0 = cpu_time();
+    let start = Instant::now();
+    let handle = ConnManager::builder()
+        .target_outbound(target)
+        .max_failures(u32::MAX)
+        .address_source(round_robin(addrs.to_vec()))
+        .start()?;
+    let deadline = start + ROUND_LIMIT;
+    while handle.counters().failures < count {
+        if Instant::now() > deadline {
+            return Err("refused round timed out".into());
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let wall = start.elapsed();
+    let attempts = handle.counters().failures;
+    handle.stop().await;
+    Ok(Sample { wall, cpu: cpu_time().saturating_sub(cpu0), value: attempts as f64 / wall.as_secs_f64() })
+}
+
+async fn refused_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
+    let attempts = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_time();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..target)
+        .map(|i| {
+            let attempts = attempts.clone();
+            let addrs = addrs.to_vec();
+            tokio::spawn(async move {
+                let mut k = i;
+                while attempts.fetch_add(1, Ordering::Relaxed) < count {
+                    k = k.wrapping_add(1);
+                    let _ = TcpStream::connect(addrs[k % addrs.len()]).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let wall = start.elapsed();
+    Ok(Sample { wall, cpu: cpu_time().saturating_sub(cpu0), value: count as f64 / wall.as_secs_f64() })
+}
+
+async fn refused(o: &Opts) -> Result<(), Error> {
+    let addrs = refused_addrs(o.peers)?;
+    println!(
+        "refused: target {}, {} attempts per round, {} rounds, throttle off (attempts/s)",
+        o.target, o.count, o.rounds
+    );
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        let x = refused_connmgr(&addrs, o.target, o.count).await?;
+        let y = refused_raw(&addrs, o.target, o.count).await?;
+        println!("round {round}: connmgr {:.0}/s  raw {:.0}/s", x.value, y.value);
+        a.push(x);
+        b.push(y);
+    }
+
+    // With the throttle on: 25 failures at once, then one dial per retry base.
+    let base = Duration::from_millis(100);
+    let window = Duration::from_secs(1);
+    let handle = ConnManager::builder()
+        .target_outbound(o.target)
+        .retry_base(base)
+        .address_source(round_robin(addrs.clone()))
+        .start()?;
+    tokio::time::sleep(window).await;
+    let dials = handle.counters().dials;
+    handle.stop().await;
+    let promise = 25 + o.target as u64 + (window.as_millis() / base.as_millis()) as u64;
+    let kept = dials <= promise;
+    println!(
+        "throttle on (base {base:?}, {window:?}): {dials} dials; promised at most 25 + target + window/base = {promise}: {}",
+        if kept { "kept" } else { "BROKEN" }
+    );
+    report(
+        "refused",
+        &format!("target={} count={} rounds={} throttled_dials={dials} throttle_kept={kept}", o.target, o.count, o.rounds),
+        "attempts/s",
+        &a,
+        &b,
+    );
+    Ok(())
+}
+
+// ===== stop =====
+
+async fn stop(o: &Opts) -> Result<(), Error> {
+    let farm = Farm::start("hold", o.peers)?;
+    let stall = Farm::start("stall", 1)?;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks0 = metrics.num_alive_tasks();
+    let fds0 = open_fds();
+    let held = Arc::new(AtomicUsize::new(0));
+    let full = Arc::new(Notify::new());
+    let (h, f, target) = (held.clone(), full.clone(), o.target);
+    let handle = ConnManager::builder()
+        .target_outbound(o.target)
+        .address_source(round_robin(farm.addrs.clone()))
+        .on_connection(move |mut conn| {
+            if h.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                f.notify_one();
+            }
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        })
+        .start()?;
+    tokio::time::timeout(ROUND_LIMIT, full.notified()).await.map_err(|_| "stop: fill timed out")?;
+    for _ in 0..o.inflight {
+        handle.connect(stall.addrs[0], false).await?;
+    }
+    // Let the stalled dials get going: at most the backlog's worth connect.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let snap = handle.snapshot().await?;
+    let pending = snap.count(ConnState::Pending);
+    let established = snap.count(ConnState::Established);
+
+    let t = Instant::now();
+    handle.stop_and_close().await;
+    let took = t.elapsed();
+    // The owners' tasks see the close and drop their connections.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (metrics.num_alive_tasks() > tasks0 || open_fds() > fds0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tasks_left = metrics.num_alive_tasks().saturating_sub(tasks0);
+    let fds_left = open_fds().saturating_sub(fds0);
+    println!(
+        "stop: {established} established, {pending} dials in flight; stop_and_close took {took:?}; left behind: {tasks_left} tasks, {fds_left} sockets"
+    );
+    println!(
+        "stop target={} inflight={} established={established} pending={pending} connmgr={:.1} raw=0 ratio=n/a tasks_left={tasks_left} sockets_left={fds_left}",
+        o.target,
+        o.inflight,
+        took.as_secs_f64() * 1000.0
+    );
+    if tasks_left > 0 || fds_left > 0 {
+        return Err("stop left tasks or sockets behind".into());
+    }
+    Ok(())
+}
