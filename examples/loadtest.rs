@@ -61,6 +61,8 @@ struct Opts {
     rounds: usize,
     peers: usize,
     inflight: usize,
+    /// Run only one side (`connmgr` or `raw`), for profiling.
+    only: Option<String>,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, Error> {
@@ -76,6 +78,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
         rounds: if args.first().is_some_and(|s| s == "hold") { 3 } else { 5 },
         peers: 8,
         inflight: 1000,
+        only: None,
     };
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
@@ -86,6 +89,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
             "--rounds" => o.rounds = value.parse()?,
             "--peers" => o.peers = value.parse()?,
             "--inflight" => o.inflight = value.parse()?,
+            "--only" => o.only = Some(value.clone()),
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -158,6 +162,11 @@ struct Sample {
     wall: Duration,
     cpu: Duration,
     value: f64,
+}
+
+impl Sample {
+    /// The side that was not run (`--only`).
+    const NONE: Self = Self { wall: Duration::from_nanos(1), cpu: Duration::ZERO, value: 0.0 };
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -405,8 +414,16 @@ async fn churn(o: &Opts) -> Result<(), Error> {
     );
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for round in 0..o.rounds {
-        let x = churn_connmgr(&farm.addrs, o.target, o.count).await?;
-        let y = churn_raw(&farm.addrs, o.target, o.count).await?;
+        let x = if o.only.as_deref() != Some("raw") {
+            churn_connmgr(&farm.addrs, o.target, o.count).await?
+        } else {
+            Sample::NONE
+        };
+        let y = if o.only.as_deref() != Some("connmgr") {
+            churn_raw(&farm.addrs, o.target, o.count).await?
+        } else {
+            Sample::NONE
+        };
         println!(
             "round {round}: connmgr {:.0}/s ({:?} cpu)  raw {:.0}/s ({:?} cpu)",
             x.value, x.cpu, y.value, y.cpu
@@ -604,8 +621,16 @@ async fn refused(o: &Opts) -> Result<(), Error> {
     );
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for round in 0..o.rounds {
-        let x = refused_connmgr(&addrs, o.target, o.count).await?;
-        let y = refused_raw(&addrs, o.target, o.count).await?;
+        let x = if o.only.as_deref() != Some("raw") {
+            refused_connmgr(&addrs, o.target, o.count).await?
+        } else {
+            Sample::NONE
+        };
+        let y = if o.only.as_deref() != Some("connmgr") {
+            refused_raw(&addrs, o.target, o.count).await?
+        } else {
+            Sample::NONE
+        };
         println!("round {round}: connmgr {:.0}/s  raw {:.0}/s", x.value, y.value);
         a.push(x);
         b.push(y);

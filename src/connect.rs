@@ -105,9 +105,6 @@ impl TcpConnector {
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         }
         .map_err(err)?;
-        if config.nodelay {
-            socket.set_nodelay(true).map_err(err)?;
-        }
         if let Some(idle) = config.keepalive {
             let keepalive = socket2::TcpKeepalive::new().with_time(idle);
             socket2::SockRef::from(&socket)
@@ -123,7 +120,13 @@ impl TcpConnector {
             }
             socket.bind(SocketAddr::new(ip, 0)).map_err(err)?;
         }
-        socket.connect(addr).await.map_err(err)
+        let stream = socket.connect(addr).await.map_err(err)?;
+        // Set after the connect, so that a refused dial costs no extra
+        // system call; no data has been sent yet either way.
+        if config.nodelay {
+            stream.set_nodelay(true).map_err(err)?;
+        }
+        Ok(stream)
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     panic::AssertUnwindSafe,
-    pin::{Pin, pin},
+    pin::pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -25,7 +25,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
-    task::{AbortHandle, JoinError, JoinHandle, JoinSet},
+    task::{AbortHandle, JoinHandle, JoinSet},
     time::Instant,
 };
 use tower::{BoxError, Service, ServiceExt, timeout::error::Elapsed};
@@ -36,9 +36,11 @@ use super::{
     Disconnected, Entry, Error, Handle, Snapshot, builder::Callback, connection::Control,
     types::DialFailure,
 };
+use tokio_util::task::TaskTracker;
+
 use crate::{
     backoff::Backoff,
-    limit::{OutboundLimit, Permitted},
+    limit::{OutboundLimit, Permitted, future::ResponseFuture},
 };
 
 /// How many ended requests `state` still knows about.
@@ -138,12 +140,11 @@ pub(crate) enum Command<A> {
 }
 
 type Dialed<IO> = Result<(IO, Option<OwnedSemaphorePermit>), BoxError>;
-type DialFuture<IO> = Pin<Box<dyn Future<Output = Dialed<IO>> + Send>>;
 
 /// An automatic dial prepared by the fill task: its permit is inside `fut`.
-pub(crate) struct AutoDial<A, IO> {
+pub(crate) struct AutoDial<A, F> {
     addr: A,
-    fut: DialFuture<IO>,
+    fut: F,
 }
 
 enum Event<IO, A> {
@@ -184,11 +185,10 @@ where
 /// What the fill task needs; built by [`spawn`].
 pub(crate) struct FillContext<A, D: Service<A>> {
     svc: OutboundLimit<D>,
-    tx: mpsc::Sender<AutoDial<A, D::Response>>,
+    tx: mpsc::Sender<AutoDial<A, ResponseFuture<D::Future>>>,
     shared: Arc<Shared>,
     retry_base: Duration,
     max_failures: u32,
-    timeout: Option<Duration>,
 }
 
 /// The fill loop: wait for a free outbound permit, respect the failure
@@ -208,7 +208,6 @@ where
         shared,
         retry_base,
         max_failures,
-        timeout,
     } = ctx;
     loop {
         let ready: Result<(), BoxError> = svc.ready().await.map(drop).map_err(Into::into);
@@ -232,13 +231,6 @@ where
             continue;
         };
         let fut = svc.call(addr.clone());
-        let fut = Box::pin(run_dial(
-            fut,
-            timeout,
-            shared.clone(),
-            true,
-            Permitted::into_parts,
-        ));
         if tx.send(AutoDial { addr, fut }).await.is_err() {
             return;
         }
@@ -353,7 +345,9 @@ struct Actor<A, D: Service<A>> {
     shared: Arc<Shared>,
     slots: HashMap<ConnId, Slot<A>>,
     timers: BTreeSet<(Instant, ConnId)>,
-    dials: JoinSet<(ConnId, Dialed<D::Response>)>,
+    /// Every dial task, so that stop can wait for the aborted ones to end.
+    dials: TaskTracker,
+    results: mpsc::UnboundedSender<(ConnId, Dialed<D::Response>)>,
     tasks: JoinSet<()>,
     ended: VecDeque<(ConnId, ConnState)>,
     events: mpsc::UnboundedSender<Event<D::Response, A>>,
@@ -381,6 +375,7 @@ where
     let (dropped_tx, dropped_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (auto_tx, auto_rx) = mpsc::channel(16);
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
 
     let wants_connections = b.on_connection.is_some();
     let wants_disconnections = b.on_disconnection.is_some();
@@ -404,7 +399,6 @@ where
                 shared: shared.clone(),
                 retry_base: backoff.base(),
                 max_failures: b.max_failures,
-                timeout: b.connect_timeout,
             };
             tasks.spawn_on(filler(ctx), rt);
         }
@@ -430,7 +424,8 @@ where
         shared: shared.clone(),
         slots: HashMap::new(),
         timers: BTreeSet::new(),
-        dials: JoinSet::new(),
+        dials: TaskTracker::new(),
+        results: results_tx,
         tasks,
         ended: VecDeque::with_capacity(TOMBSTONES),
         events: events_tx,
@@ -439,7 +434,7 @@ where
         wants_disconnections,
         wants_failures,
     };
-    rt.spawn(actor.run(cmd_rx, dropped_rx, auto_rx, callbacks));
+    rt.spawn(actor.run(cmd_rx, dropped_rx, auto_rx, results_rx, callbacks));
     Handle { tx: cmd_tx, shared }
 }
 
@@ -455,7 +450,8 @@ where
         mut self,
         mut commands: mpsc::Receiver<Command<A>>,
         mut dropped: mpsc::UnboundedReceiver<ConnId>,
-        mut auto: mpsc::Receiver<AutoDial<A, D::Response>>,
+        mut auto: mpsc::Receiver<AutoDial<A, ResponseFuture<D::Future>>>,
+        mut results: mpsc::UnboundedReceiver<(ConnId, Dialed<D::Response>)>,
         callbacks: JoinHandle<()>,
     ) {
         tracing::debug!("connection manager started");
@@ -477,7 +473,7 @@ where
                     None => break (false, None),
                 },
                 Some(id) = dropped.recv() => self.on_dropped(id),
-                Some(done) = self.dials.join_next(), if !self.dials.is_empty() => self.on_dialed(done),
+                Some((id, result)) = results.recv() => self.on_dialed(id, result),
                 Some(dial) = auto.recv() => self.on_auto_dial(dial),
                 () = &mut timer, if next.is_some() => self.on_timers(),
             }
@@ -487,14 +483,20 @@ where
         // (a connection that arrives now is dropped, which closes it).
         self.tasks.shutdown().await;
         drop(auto);
-        self.dials.shutdown().await;
-        for slot in self.slots.values() {
+        for slot in self.slots.values_mut() {
+            if let Some(dial) = slot.dial.take() {
+                dial.abort();
+            }
             if let Some(control) = &slot.control {
                 if close {
                     control.close();
                 }
             }
         }
+        self.dials.close();
+        self.dials.wait().await;
+        // Connections that arrived after the stop are dropped here, closed.
+        drop(results);
         self.slots.clear();
         self.timers.clear();
         // The callback task ends once it has run what was queued.
@@ -607,51 +609,56 @@ where
             (io, None)
         });
         let span = slot.span.clone();
-        slot.dial = Some(Self::spawn_dial(
-            &mut self.dials,
-            &self.shared,
-            id,
-            fut,
-            span,
-        ));
+        let handle = self.spawn_dial(id, fut, span);
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.dial = Some(handle);
+        }
     }
 
-    fn spawn_dial(
-        dials: &mut JoinSet<(ConnId, Dialed<D::Response>)>,
-        shared: &Shared,
-        id: ConnId,
-        fut: impl Future<Output = Dialed<D::Response>> + Send + 'static,
-        span: Span,
-    ) -> AbortHandle {
-        shared.dials.fetch_add(1, Relaxed);
-        dials.spawn(
+    /// Runs a dial on a task of its own; its result comes back on the
+    /// results channel. Removing the request aborts the task.
+    fn spawn_dial<F>(&self, id: ConnId, fut: F, span: Span) -> AbortHandle
+    where
+        F: Future<Output = Dialed<D::Response>> + Send + 'static,
+    {
+        self.shared.dials.fetch_add(1, Relaxed);
+        let results = self.results.clone();
+        let task = self.dials.track_future(
             async move {
                 // A panicking dial stack fails this dial, nothing more.
                 let result = AssertUnwindSafe(fut)
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| Err("dial stack panicked".into()));
-                (id, result)
+                // The manager may have stopped: the connection is then
+                // dropped here, which closes it.
+                let _ = results.send((id, result));
             }
             .instrument(span),
-        )
+        );
+        tokio::spawn(task).abort_handle()
     }
 
-    fn on_auto_dial(&mut self, dial: AutoDial<A, D::Response>) {
+    fn on_auto_dial(&mut self, dial: AutoDial<A, ResponseFuture<D::Future>>) {
         let id = self.shared.next_id();
         let slot = self.insert(id, dial.addr, ConnKind::Automatic);
         slot.attempts = 1;
         tracing::debug!(parent: &slot.span, "dialing automatic peer");
         let span = slot.span.clone();
-        let handle = Self::spawn_dial(&mut self.dials, &self.shared, id, dial.fut, span);
+        let fut = run_dial(
+            dial.fut,
+            self.timeout,
+            self.shared.clone(),
+            true,
+            Permitted::into_parts,
+        );
+        let handle = self.spawn_dial(id, fut, span);
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.dial = Some(handle);
         }
     }
 
-    fn on_dialed(&mut self, done: Result<(ConnId, Dialed<D::Response>), JoinError>) {
-        // A dial we aborted (remove, stop) ends as a JoinError: nothing to do.
-        let Ok((id, result)) = done else { return };
+    fn on_dialed(&mut self, id: ConnId, result: Dialed<D::Response>) {
         let Some(slot) = self.slots.get_mut(&id) else {
             // Removed while dialing: a late connection is dropped (closed).
             tracing::debug!(%id, "ignoring dial result of a removed request");
