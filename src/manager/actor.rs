@@ -10,6 +10,7 @@ use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     fmt,
     future::Future,
+    hash::{BuildHasherDefault, Hasher},
     net::SocketAddr,
     panic::AssertUnwindSafe,
     pin::pin,
@@ -45,6 +46,9 @@ use crate::{
 
 /// How many ended requests `state` still knows about.
 const TOMBSTONES: usize = 1024;
+
+/// How many queued messages of one kind the manager handles in a row.
+const BATCH: usize = 64;
 
 // ===== shared counters =====
 
@@ -107,6 +111,27 @@ impl Shared {
             inbound_rejected: self.inbound_rejected.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
         }
+    }
+}
+
+/// Ids are sequential integers: a multiplicative hash spreads them well
+/// enough, at a fraction of SipHash's cost. They are not attacker-chosen.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -343,7 +368,7 @@ struct Actor<A, D: Service<A>> {
     stable_period: Duration,
     timeout: Option<Duration>,
     shared: Arc<Shared>,
-    slots: HashMap<ConnId, Slot<A>>,
+    slots: HashMap<ConnId, Slot<A>, BuildHasherDefault<IdHasher>>,
     timers: BTreeSet<(Instant, ConnId)>,
     /// Every dial task, so that stop can wait for the aborted ones to end.
     dials: TaskTracker,
@@ -374,7 +399,7 @@ where
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (dropped_tx, dropped_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (auto_tx, auto_rx) = mpsc::channel(16);
+    let (auto_tx, auto_rx) = mpsc::channel(BATCH);
     let (results_tx, results_rx) = mpsc::unbounded_channel();
 
     let wants_connections = b.on_connection.is_some();
@@ -422,7 +447,7 @@ where
         stable_period: b.stable_period,
         timeout: b.connect_timeout,
         shared: shared.clone(),
-        slots: HashMap::new(),
+        slots: HashMap::default(),
         timers: BTreeSet::new(),
         dials: TaskTracker::new(),
         results: results_tx,
@@ -472,9 +497,29 @@ where
                     // Every handle is gone.
                     None => break (false, None),
                 },
-                Some(id) = dropped.recv() => self.on_dropped(id),
-                Some((id, result)) = results.recv() => self.on_dialed(id, result),
-                Some(dial) = auto.recv() => self.on_auto_dial(dial),
+                // Under load, take what is queued in one go rather than one
+                // message per trip through `select!`.
+                Some(id) = dropped.recv() => {
+                    self.on_dropped(id);
+                    for _ in 0..BATCH {
+                        let Ok(id) = dropped.try_recv() else { break };
+                        self.on_dropped(id);
+                    }
+                }
+                Some((id, result)) = results.recv() => {
+                    self.on_dialed(id, result);
+                    for _ in 0..BATCH {
+                        let Ok((id, result)) = results.try_recv() else { break };
+                        self.on_dialed(id, result);
+                    }
+                }
+                Some(dial) = auto.recv() => {
+                    self.on_auto_dial(dial);
+                    for _ in 0..BATCH {
+                        let Ok(dial) = auto.try_recv() else { break };
+                        self.on_auto_dial(dial);
+                    }
+                }
                 () = &mut timer, if next.is_some() => self.on_timers(),
             }
         };
