@@ -49,15 +49,21 @@
 
 use std::{
     fmt,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::net::TcpStream;
-use tower::{BoxError, Service, ServiceBuilder, util::BoxCloneSyncService};
+use pin_project::pin_project;
+use tokio::{net::TcpStream, time::Sleep};
+use tower::{BoxError, Layer, Service, timeout::error::Elapsed};
 
-use crate::{connect::TcpConnector, socks::Socks5Layer};
+use crate::{
+    connect::{Connecting, TcpConnector},
+    socks::{Handshaking, Socks5, Socks5Layer},
+};
 
 /// The default connect timeout, as in btcd.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,29 +120,32 @@ impl DialStack {
     /// Assembles the stack.
     pub fn build(self) -> Dialer {
         let inner = match self.socks5 {
-            Some(socks) => BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .option_layer(self.timeout.map(tower::timeout::TimeoutLayer::new))
-                    .map_err(BoxError::from)
-                    .layer(socks)
-                    .service(self.connector),
-            ),
-            None => BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .option_layer(self.timeout.map(tower::timeout::TimeoutLayer::new))
-                    .map_err(BoxError::from)
-                    .service(self.connector),
-            ),
+            Some(socks) => Inner::Socks5(socks.layer(self.connector)),
+            None => Inner::Tcp(self.connector),
         };
-        Dialer { inner }
+        Dialer {
+            inner,
+            timeout: self.timeout,
+        }
     }
 }
 
 /// The stack built by [`DialStack`]: a cloneable
 /// `Service<SocketAddr, Response = TcpStream, Error = BoxError>`.
-#[derive(Clone)]
+///
+/// It is the composition of [`TcpConnector`], an optional [`Socks5`] and an
+/// optional timeout, written out as one type so that a dial costs no boxing
+/// beyond the connector's own.
+#[derive(Clone, Debug)]
 pub struct Dialer {
-    inner: BoxCloneSyncService<SocketAddr, TcpStream, BoxError>,
+    inner: Inner,
+    timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+enum Inner {
+    Tcp(TcpConnector),
+    Socks5(Socks5<TcpConnector>),
 }
 
 impl Dialer {
@@ -152,25 +161,68 @@ impl Default for Dialer {
     }
 }
 
-impl fmt::Debug for Dialer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad("Dialer")
-    }
-}
-
 impl Service<SocketAddr> for Dialer {
     type Response = TcpStream;
     type Error = BoxError;
-    type Future =
-        <BoxCloneSyncService<SocketAddr, TcpStream, BoxError> as Service<SocketAddr>>::Future;
+    type Future = DialFuture;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        match &mut self.inner {
+            Inner::Tcp(s) => Service::<SocketAddr>::poll_ready(s, cx).map_err(Into::into),
+            Inner::Socks5(s) => Service::<SocketAddr>::poll_ready(s, cx).map_err(Into::into),
+        }
     }
 
-    #[inline]
     fn call(&mut self, addr: SocketAddr) -> Self::Future {
-        self.inner.call(addr)
+        let inner = match &mut self.inner {
+            Inner::Tcp(s) => Either::Tcp(s.call(addr)),
+            Inner::Socks5(s) => Either::Socks5(s.call(addr)),
+        };
+        DialFuture {
+            inner,
+            deadline: self.timeout.map(tokio::time::sleep),
+        }
+    }
+}
+
+#[pin_project(project = EitherProj)]
+enum Either {
+    Tcp(#[pin] Connecting),
+    Socks5(#[pin] Handshaking<TcpStream>),
+}
+
+/// The future returned by [`Dialer`].
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct DialFuture {
+    #[pin]
+    inner: Either,
+    #[pin]
+    deadline: Option<Sleep>,
+}
+
+impl fmt::Debug for DialFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("DialFuture")
+    }
+}
+
+impl Future for DialFuture {
+    type Output = Result<TcpStream, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let done = match this.inner.project() {
+            EitherProj::Tcp(f) => f.poll(cx).map_err(BoxError::from),
+            EitherProj::Socks5(f) => f.poll(cx).map_err(BoxError::from),
+        };
+        if let Poll::Ready(result) = done {
+            return Poll::Ready(result);
+        }
+        match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed::new().into())),
+            _ => Poll::Pending,
+        }
     }
 }
