@@ -179,12 +179,13 @@ enum Event<IO, A> {
     DialFailed(DialFailure<A>),
 }
 
-/// Runs one dial: the connect timeout, the counters, and the split of an
-/// automatic connection from its permit. The counters are updated before the
-/// dial future is dropped (see [`Shared::dial_finished`]).
+/// Runs one dial: the counters, and the split of an automatic connection
+/// from its permit. The counters are updated before the dial future is
+/// dropped (see [`Shared::dial_finished`]). The connect timeout is the
+/// manager's own timer (see [`Actor::on_timers`]), not a tokio timer per
+/// dial.
 async fn run_dial<F, T, E, IO>(
     fut: F,
-    timeout: Option<Duration>,
     shared: Arc<Shared>,
     automatic: bool,
     split: fn(T) -> (IO, Option<OwnedSemaphorePermit>),
@@ -194,13 +195,7 @@ where
     E: Into<BoxError>,
 {
     let mut fut = pin!(fut);
-    let result = match timeout {
-        Some(limit) => match tokio::time::timeout(limit, fut.as_mut()).await {
-            Ok(r) => r.map_err(Into::into),
-            Err(_) => Err(Elapsed::new().into()),
-        },
-        None => fut.as_mut().await.map_err(Into::into),
-    };
+    let result = fut.as_mut().await.map_err(Into::into);
     shared.dial_finished(result.is_ok(), automatic);
     result.map(split)
 }
@@ -356,6 +351,8 @@ struct Slot<A> {
     /// Backoff step of a permanent request.
     retries: u32,
     next_attempt: Option<Instant>,
+    /// When the dial in flight times out.
+    dial_deadline: Option<Instant>,
     since: Option<Instant>,
     dial: Option<AbortHandle>,
     control: Option<Arc<Control>>,
@@ -480,13 +477,17 @@ where
         callbacks: JoinHandle<()>,
     ) {
         tracing::debug!("connection manager started");
-        let far = || Instant::now() + Duration::from_secs(86400 * 365);
-        let mut timer = pin!(tokio::time::sleep_until(far()));
+        let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
+        // The deadline the timer is armed for. It is re-armed only for an
+        // earlier deadline: when the earliest entry goes away (a dial
+        // finished before its timeout) the timer fires early, finds nothing
+        // due and is armed again, instead of being re-armed on every dial.
+        let mut armed: Option<Instant> = None;
         let (close, reply) = loop {
-            let next = self.timers.first().map(|&(at, _)| at);
-            if let Some(at) = next {
-                if timer.deadline() != at {
+            if let Some(&(at, _)) = self.timers.first() {
+                if armed.is_none_or(|current| at < current) {
                     timer.as_mut().reset(at);
+                    armed = Some(at);
                 }
             }
             tokio::select! {
@@ -520,7 +521,10 @@ where
                         self.on_auto_dial(dial);
                     }
                 }
-                () = &mut timer, if next.is_some() => self.on_timers(),
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.on_timers();
+                }
             }
         };
 
@@ -633,6 +637,7 @@ where
             attempts: 0,
             retries: 0,
             next_attempt: None,
+            dial_deadline: None,
             since: None,
             dial: None,
             control: None,
@@ -650,9 +655,7 @@ where
         slot.attempts += 1;
         tracing::debug!(parent: &slot.span, attempt = slot.attempts, "dialing");
         let fut = self.dialer.clone().oneshot(slot.info.addr.clone());
-        let fut = run_dial(fut, self.timeout, self.shared.clone(), false, |io| {
-            (io, None)
-        });
+        let fut = run_dial(fut, self.shared.clone(), false, |io| (io, None));
         let span = slot.span.clone();
         let handle = self.spawn_dial(id, fut, span);
         if let Some(slot) = self.slots.get_mut(&id) {
@@ -662,7 +665,7 @@ where
 
     /// Runs a dial on a task of its own; its result comes back on the
     /// results channel. Removing the request aborts the task.
-    fn spawn_dial<F>(&self, id: ConnId, fut: F, span: Span) -> AbortHandle
+    fn spawn_dial<F>(&mut self, id: ConnId, fut: F, span: Span) -> AbortHandle
     where
         F: Future<Output = Dialed<D::Response>> + Send + 'static,
     {
@@ -681,7 +684,13 @@ where
             }
             .instrument(span),
         );
-        tokio::spawn(task).abort_handle()
+        let handle = tokio::spawn(task).abort_handle();
+        if let (Some(limit), Some(slot)) = (self.timeout, self.slots.get_mut(&id)) {
+            let at = Instant::now() + limit;
+            slot.dial_deadline = Some(at);
+            self.timers.insert((at, id));
+        }
+        handle
     }
 
     fn on_auto_dial(&mut self, dial: AutoDial<A, ResponseFuture<D::Future>>) {
@@ -690,13 +699,7 @@ where
         slot.attempts = 1;
         tracing::debug!(parent: &slot.span, "dialing automatic peer");
         let span = slot.span.clone();
-        let fut = run_dial(
-            dial.fut,
-            self.timeout,
-            self.shared.clone(),
-            true,
-            Permitted::into_parts,
-        );
+        let fut = run_dial(dial.fut, self.shared.clone(), true, Permitted::into_parts);
         let handle = self.spawn_dial(id, fut, span);
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.dial = Some(handle);
@@ -710,6 +713,16 @@ where
             return;
         };
         slot.dial = None;
+        if let Some(at) = slot.dial_deadline.take() {
+            self.timers.remove(&(at, id));
+        }
+        self.dial_done(id, result);
+    }
+
+    fn dial_done(&mut self, id: ConnId, result: Dialed<D::Response>) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
         match result {
             Ok((io, permit)) => {
                 let now = Instant::now();
@@ -819,6 +832,9 @@ where
                 if let Some(at) = slot.next_attempt.take() {
                     self.timers.remove(&(at, id));
                 }
+                if let Some(at) = slot.dial_deadline.take() {
+                    self.timers.remove(&(at, id));
+                }
                 tracing::debug!(parent: &slot.span, "request removed");
                 self.finish(id, ConnState::Canceled);
             }
@@ -829,7 +845,7 @@ where
     /// Takes a request out of the map, remembering how it ended.
     fn finish(&mut self, id: ConnId, state: ConnState) {
         if let Some(slot) = self.slots.remove(&id) {
-            if let Some(at) = slot.next_attempt {
+            for at in [slot.next_attempt, slot.dial_deadline].into_iter().flatten() {
                 self.timers.remove(&(at, id));
             }
         }
@@ -846,12 +862,22 @@ where
                 break;
             }
             self.timers.pop_first();
-            if self
-                .slots
-                .get(&id)
-                .is_some_and(|s| s.next_attempt == Some(at))
-            {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            if slot.next_attempt == Some(at) {
                 self.start_dial(id);
+            } else if slot.dial_deadline == Some(at) {
+                // The connect timeout: drop the dial and fail the attempt.
+                // The counters come first, so that an automatic dial's
+                // permit (dropped with the dial) is freed after them.
+                slot.dial_deadline = None;
+                self.shared
+                    .dial_finished(false, slot.info.kind == ConnKind::Automatic);
+                if let Some(dial) = slot.dial.take() {
+                    dial.abort();
+                }
+                self.dial_done(id, Err(Elapsed::new().into()));
             }
         }
     }
