@@ -391,3 +391,58 @@ async fn socks5_manager_keeps_target_filled() {
     assert_eq!(snap.counters.failures, 0);
     handle.stop().await;
 }
+
+/// A dial that hangs ends by the manager's connect timeout, exactly at the
+/// deadline, as a typed `Elapsed`; a permanent request is then retried, and
+/// an automatic one replaced with its permit freed.
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_ends_hanging_dials() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let counter = dropped.clone();
+    let dialer = tower::service_fn(move |_addr: std::net::SocketAddr| {
+        struct Guard(Arc<AtomicUsize>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let guard = Guard(counter.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<Result<TcpStream, std::io::Error>>().await
+        }
+    });
+    let limit = Duration::from_secs(30);
+    let (b, mut ev) = record(
+        ConnManager::with_dialer(dialer)
+            .connect_timeout(Some(limit))
+            .retry_base(Duration::from_secs(1))
+            .jitter(0.0)
+            .target_outbound(1)
+            .address_source(fixed("127.0.0.1:8333".parse().expect("addr"))),
+    );
+    let start = tokio::time::Instant::now();
+    let handle = b.start().expect("start");
+    let id = handle.connect("127.0.0.1:8334".parse().expect("addr"), true).await.expect("connect");
+
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let failure = ev.failed.recv().await.expect("timeout reported");
+        assert_eq!(start.elapsed(), limit, "fails exactly at the deadline");
+        assert!(failure.error.is::<tower::timeout::error::Elapsed>(), "{}", failure.error);
+        kinds.push((failure.info.kind, failure.retry_at.is_some()));
+    }
+    kinds.sort_by_key(|(k, _)| format!("{k}"));
+    assert_eq!(kinds, [(ConnKind::Automatic, false), (ConnKind::Permanent, true)]);
+    until("both timed-out dial futures are dropped", || {
+        dropped.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(handle.state(id).await, Ok(ConnState::Failing));
+    // The automatic slot was freed: a replacement dial is in flight.
+    let snap = handle.snapshot().await.expect("snapshot");
+    assert_eq!(snap.entries.len(), 2, "{:?}", snap.entries);
+    assert_eq!(snap.counters.failures, 2);
+    handle.stop().await;
+}
