@@ -20,6 +20,8 @@
 //! - `churn`: `target` connections kept filled; the peers close each at once;
 //!   a connection that ends is replaced; stop after `count` established.
 //!   The raw side runs `target` tasks that each loop: connect, read to EOF.
+//!   Both sides set `TCP_NODELAY` on each connection, as the manager's default
+//!   dial stack does.
 //! - `hold`: `target` connections established and held; reports the time to
 //!   fill and the memory per held connection, each side measured in its own
 //!   child process (peak RSS).
@@ -66,7 +68,10 @@ struct Opts {
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, Error> {
-    let scenario = args.first().cloned().ok_or("usage: loadtest <churn|hold|refused|stop> [options]")?;
+    let scenario = args
+        .first()
+        .cloned()
+        .ok_or("usage: loadtest <churn|hold|refused|stop> [options]")?;
     let (target, count) = match scenario.as_str() {
         "hold" | "stop" => (10_000, 0),
         _ => (125, 20_000),
@@ -75,7 +80,11 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
         scenario,
         target,
         count,
-        rounds: if args.first().is_some_and(|s| s == "hold") { 3 } else { 5 },
+        rounds: if args.first().is_some_and(|s| s == "hold") {
+            3
+        } else {
+            5
+        },
         peers: 8,
         inflight: 1000,
         only: None,
@@ -138,7 +147,12 @@ fn cpu_time() -> Duration {
     // Fields after the command name, which ends with ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
@@ -166,7 +180,11 @@ struct Sample {
 
 impl Sample {
     /// The side that was not run (`--only`).
-    const NONE: Self = Self { wall: Duration::from_nanos(1), cpu: Duration::ZERO, value: 0.0 };
+    const NONE: Self = Self {
+        wall: Duration::from_nanos(1),
+        cpu: Duration::ZERO,
+        value: 0.0,
+    };
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -175,13 +193,20 @@ fn median(mut xs: Vec<f64>) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
 }
 
 fn summary(name: &str, unit: &str, xs: &[f64]) -> String {
     let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
     let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{name:>8}: median {:.1} {unit} (min {min:.1}, max {max:.1})", median(xs.to_vec()))
+    format!(
+        "{name:>8}: median {:.1} {unit} (min {min:.1}, max {max:.1})",
+        median(xs.to_vec())
+    )
 }
 
 // ===== the peer farm =====
@@ -265,7 +290,9 @@ fn farm(args: &[String]) -> Result<(), Error> {
             }
         }
         "hold" => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let mut tasks = Vec::new();
                 for l in listeners {
@@ -300,10 +327,15 @@ fn refused_addrs(n: usize) -> Result<Vec<SocketAddr>, Error> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()?;
-    Ok(listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?)
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()?)
 }
 
-fn round_robin(addrs: Vec<SocketAddr>) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
+fn round_robin(
+    addrs: Vec<SocketAddr>,
+) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
     let mut i = 0usize;
     move || {
         i = i.wrapping_add(1);
@@ -332,7 +364,9 @@ async fn churn_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Resul
             });
         })
         .start()?;
-    tokio::time::timeout(ROUND_LIMIT, done.notified()).await.map_err(|_| "churn round timed out")?;
+    tokio::time::timeout(ROUND_LIMIT, done.notified())
+        .await
+        .map_err(|_| "churn round timed out")?;
     let wall = start.elapsed();
     let failures = handle.counters().failures;
     handle.stop_and_close().await;
@@ -340,7 +374,11 @@ async fn churn_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Resul
     if failures > 0 {
         eprintln!("  (connmgr: {failures} failed dials)");
     }
-    Ok(Sample { wall, cpu, value: count as f64 / wall.as_secs_f64() })
+    Ok(Sample {
+        wall,
+        cpu,
+        value: count as f64 / wall.as_secs_f64(),
+    })
 }
 
 async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
@@ -356,6 +394,8 @@ async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sa
                 while started.fetch_add(1, Ordering::Relaxed) < count {
                     k = k.wrapping_add(1);
                     if let Ok(mut sock) = TcpStream::connect(addrs[k % addrs.len()]).await {
+                        // The same socket work as the manager's default dialer.
+                        let _ = sock.set_nodelay(true);
                         let mut buf = [0u8; 64];
                         while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
                     }
@@ -368,9 +408,15 @@ async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sa
             let _ = t.await;
         }
     };
-    tokio::time::timeout(ROUND_LIMIT, all).await.map_err(|_| "raw churn round timed out")?;
+    tokio::time::timeout(ROUND_LIMIT, all)
+        .await
+        .map_err(|_| "raw churn round timed out")?;
     let wall = start.elapsed();
-    Ok(Sample { wall, cpu: cpu_time().saturating_sub(cpu0), value: count as f64 / wall.as_secs_f64() })
+    Ok(Sample {
+        wall,
+        cpu: cpu_time().saturating_sub(cpu0),
+        value: count as f64 / wall.as_secs_f64(),
+    })
 }
 
 fn report(scenario: &str, params: &str, unit: &str, a: &[Sample], b: &[Sample]) -> f64 {
@@ -390,11 +436,18 @@ fn report(scenario: &str, params: &str, unit: &str, a: &[Sample], b: &[Sample]) 
         .collect();
     println!(
         "time ratio per pair (connmgr/raw): {}",
-        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ")
+        ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "cpu ratio per pair (connmgr/raw):  {}",
-        cpu.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ")
+        cpu.iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let ratio = median(ratios);
     println!(
@@ -484,6 +537,7 @@ fn hold_child(args: &[String]) -> Result<(), Error> {
                 let (h, f, addr) = (held.clone(), full.clone(), addrs[i % addrs.len()]);
                 tokio::spawn(async move {
                     if let Ok(mut sock) = TcpStream::connect(addr).await {
+                        let _ = sock.set_nodelay(true);
                         if h.fetch_add(1, Ordering::Relaxed) + 1 == target {
                             f.notify_one();
                         }
@@ -493,7 +547,9 @@ fn hold_child(args: &[String]) -> Result<(), Error> {
                 });
             }
         }
-        tokio::time::timeout(ROUND_LIMIT, full.notified()).await.map_err(|_| "hold fill timed out")?;
+        tokio::time::timeout(ROUND_LIMIT, full.notified())
+            .await
+            .map_err(|_| "hold fill timed out")?;
         let fill = start.elapsed();
         // Let allocations settle before reading memory.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -512,11 +568,16 @@ fn hold_child(args: &[String]) -> Result<(), Error> {
 
 fn hold(o: &Opts) -> Result<(), Error> {
     let farm = Farm::start("hold", o.peers)?;
-    println!("hold: {} connections per side, {} rounds, each side in its own process", o.target, o.rounds);
+    println!(
+        "hold: {} connections per side, {} rounds, each side in its own process",
+        o.target, o.rounds
+    );
     let run = |side: &str| -> Result<(f64, f64), Error> {
         let mut args = vec!["__hold".to_string(), side.to_string(), o.target.to_string()];
         args.extend(farm.addrs.iter().map(ToString::to_string));
-        let out = Command::new(std::env::current_exe()?).args(&args).output()?;
+        let out = Command::new(std::env::current_exe()?)
+            .args(&args)
+            .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let field = |name: &str| -> Option<f64> {
             text.split_whitespace()
@@ -548,8 +609,18 @@ fn hold(o: &Opts) -> Result<(), Error> {
     let fill_ratio = median(a.iter().zip(&b).map(|(x, y)| x.0 / y.0).collect());
     let mem_a = median(a.iter().map(|x| x.1).collect());
     let mem_b = median(b.iter().map(|y| y.1).collect());
-    println!("{}", summary("connmgr", "ms fill", &a.iter().map(|x| x.0).collect::<Vec<_>>()));
-    println!("{}", summary("raw", "ms fill", &b.iter().map(|y| y.0).collect::<Vec<_>>()));
+    println!(
+        "{}",
+        summary(
+            "connmgr",
+            "ms fill",
+            &a.iter().map(|x| x.0).collect::<Vec<_>>()
+        )
+    );
+    println!(
+        "{}",
+        summary("raw", "ms fill", &b.iter().map(|y| y.0).collect::<Vec<_>>())
+    );
     println!(
         "memory per held connection: connmgr {:.0} B, raw {:.0} B, difference {:.0} B",
         mem_a,
@@ -586,7 +657,11 @@ async fn refused_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Res
     let wall = start.elapsed();
     let attempts = handle.counters().failures;
     handle.stop().await;
-    Ok(Sample { wall, cpu: cpu_time().saturating_sub(cpu0), value: attempts as f64 / wall.as_secs_f64() })
+    Ok(Sample {
+        wall,
+        cpu: cpu_time().saturating_sub(cpu0),
+        value: attempts as f64 / wall.as_secs_f64(),
+    })
 }
 
 async fn refused_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
@@ -610,7 +685,11 @@ async fn refused_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<
         let _ = t.await;
     }
     let wall = start.elapsed();
-    Ok(Sample { wall, cpu: cpu_time().saturating_sub(cpu0), value: count as f64 / wall.as_secs_f64() })
+    Ok(Sample {
+        wall,
+        cpu: cpu_time().saturating_sub(cpu0),
+        value: count as f64 / wall.as_secs_f64(),
+    })
 }
 
 async fn refused(o: &Opts) -> Result<(), Error> {
@@ -631,7 +710,10 @@ async fn refused(o: &Opts) -> Result<(), Error> {
         } else {
             Sample::NONE
         };
-        println!("round {round}: connmgr {:.0}/s  raw {:.0}/s", x.value, y.value);
+        println!(
+            "round {round}: connmgr {:.0}/s  raw {:.0}/s",
+            x.value, y.value
+        );
         a.push(x);
         b.push(y);
     }
@@ -655,7 +737,10 @@ async fn refused(o: &Opts) -> Result<(), Error> {
     );
     report(
         "refused",
-        &format!("target={} count={} rounds={} throttled_dials={dials} throttle_kept={kept}", o.target, o.count, o.rounds),
+        &format!(
+            "target={} count={} rounds={} throttled_dials={dials} throttle_kept={kept}",
+            o.target, o.count, o.rounds
+        ),
         "attempts/s",
         &a,
         &b,
@@ -687,7 +772,9 @@ async fn stop(o: &Opts) -> Result<(), Error> {
             });
         })
         .start()?;
-    tokio::time::timeout(ROUND_LIMIT, full.notified()).await.map_err(|_| "stop: fill timed out")?;
+    tokio::time::timeout(ROUND_LIMIT, full.notified())
+        .await
+        .map_err(|_| "stop: fill timed out")?;
     for _ in 0..o.inflight {
         handle.connect(stall.addrs[0], false).await?;
     }

@@ -424,17 +424,27 @@ async fn connect_timeout_ends_hanging_dials() {
     );
     let start = tokio::time::Instant::now();
     let handle = b.start().expect("start");
-    let id = handle.connect("127.0.0.1:8334".parse().expect("addr"), true).await.expect("connect");
+    let id = handle
+        .connect("127.0.0.1:8334".parse().expect("addr"), true)
+        .await
+        .expect("connect");
 
     let mut kinds = Vec::new();
     for _ in 0..2 {
         let failure = ev.failed.recv().await.expect("timeout reported");
         assert_eq!(start.elapsed(), limit, "fails exactly at the deadline");
-        assert!(failure.error.is::<tower::timeout::error::Elapsed>(), "{}", failure.error);
+        assert!(
+            failure.error.is::<tower::timeout::error::Elapsed>(),
+            "{}",
+            failure.error
+        );
         kinds.push((failure.info.kind, failure.retry_at.is_some()));
     }
     kinds.sort_by_key(|(k, _)| format!("{k}"));
-    assert_eq!(kinds, [(ConnKind::Automatic, false), (ConnKind::Permanent, true)]);
+    assert_eq!(
+        kinds,
+        [(ConnKind::Automatic, false), (ConnKind::Permanent, true)]
+    );
     until("both timed-out dial futures are dropped", || {
         dropped.load(Ordering::SeqCst) == 2
     })

@@ -845,7 +845,10 @@ where
     /// Takes a request out of the map, remembering how it ended.
     fn finish(&mut self, id: ConnId, state: ConnState) {
         if let Some(slot) = self.slots.remove(&id) {
-            for at in [slot.next_attempt, slot.dial_deadline].into_iter().flatten() {
+            for at in [slot.next_attempt, slot.dial_deadline]
+                .into_iter()
+                .flatten()
+            {
                 self.timers.remove(&(at, id));
             }
         }
