@@ -128,7 +128,10 @@ impl Backoff {
             return nominal;
         }
         let cut = self.jitter * self.rng.next_f64();
-        nominal.mul_f64(1.0 - cut)
+        // The factor is in (0, 1]; rounding near `Duration::MAX` can still
+        // leave the representable range, so fall back to the nominal delay.
+        Duration::try_from_secs_f64(nominal.as_secs_f64() * (1.0 - cut))
+            .map_or(nominal, |d| d.min(nominal))
     }
 }
 
@@ -223,6 +226,9 @@ mod tests {
         assert_eq!(b.nominal(u32::MAX), secs(300));
         let huge = Backoff::new(Duration::from_secs(u64::MAX / 4), Duration::MAX).expect("valid");
         assert_eq!(huge.nominal(40), Duration::MAX);
+        for n in 0..50 {
+            assert!(huge.delay(n) <= Duration::MAX, "no panic near the maximum");
+        }
     }
 
     /// Jittered delays stay within `[(1 - j) * nominal, nominal]` and vary.

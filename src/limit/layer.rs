@@ -15,9 +15,10 @@ pub struct OutboundLimitLayer {
 }
 
 impl OutboundLimitLayer {
-    /// At most `max` connections open at once.
+    /// At most `max` connections open at once (capped at
+    /// [`Semaphore::MAX_PERMITS`]).
     pub fn new(max: usize) -> Self {
-        Self::with_semaphore(Arc::new(Semaphore::new(max)))
+        Self::with_semaphore(Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))))
     }
 
     /// Draws permits from `semaphore`, which the caller may share or inspect.

@@ -19,9 +19,13 @@ pub struct OutboundLimit<S> {
 }
 
 impl<S> OutboundLimit<S> {
-    /// At most `max` connections open at once.
+    /// At most `max` connections open at once (capped at
+    /// [`Semaphore::MAX_PERMITS`]).
     pub fn new(inner: S, max: usize) -> Self {
-        Self::with_semaphore(inner, Arc::new(Semaphore::new(max)))
+        Self::with_semaphore(
+            inner,
+            Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+        )
     }
 
     /// Draws permits from `semaphore`.

@@ -536,14 +536,16 @@ where
             if let Some(dial) = slot.dial.take() {
                 dial.abort();
             }
-            if let Some(control) = &slot.control {
-                if close {
-                    control.close();
-                }
-            }
         }
         self.dials.close();
         self.dials.wait().await;
+        // Close established connections only now: their owners' tasks wake
+        // up to drop them, and stop need not wait behind that work.
+        if close {
+            for control in self.slots.values().filter_map(|s| s.control.as_ref()) {
+                control.close();
+            }
+        }
         // Connections that arrived after the stop are dropped here, closed.
         drop(results);
         self.slots.clear();
@@ -625,7 +627,8 @@ where
                     counters: self.shared.counters(),
                 });
             }
-            Command::Stop { .. } => unreachable_stop(),
+            // `run` handles Stop itself before dispatching here.
+            Command::Stop { .. } => {}
         }
     }
 
@@ -686,7 +689,7 @@ where
         );
         let handle = tokio::spawn(task).abort_handle();
         if let (Some(limit), Some(slot)) = (self.timeout, self.slots.get_mut(&id)) {
-            let at = Instant::now() + limit;
+            let at = after(Instant::now(), limit);
             slot.dial_deadline = Some(at);
             self.timers.insert((at, id));
         }
@@ -741,7 +744,7 @@ where
                 let attempt = slot.attempts;
                 tracing::debug!(parent: &slot.span, %error, attempt, "dial failed");
                 let retry_at = if slot.info.kind.is_permanent() {
-                    let at = Instant::now() + self.backoff.delay(slot.retries);
+                    let at = after(Instant::now(), self.backoff.delay(slot.retries));
                     slot.retries = slot.retries.saturating_add(1);
                     slot.state = ConnState::Failing;
                     slot.next_attempt = Some(at);
@@ -797,7 +800,7 @@ where
             if stable {
                 slot.retries = 0;
             }
-            let at = now + self.backoff.delay(slot.retries);
+            let at = after(now, self.backoff.delay(slot.retries));
             slot.retries = slot.retries.saturating_add(1);
             slot.state = ConnState::Pending;
             slot.since = None;
@@ -886,7 +889,9 @@ where
     }
 }
 
-#[cold]
-fn unreachable_stop() {
-    // `run` handles Stop before dispatching; nothing to do here.
+/// `now + delay`, saturating far in the future instead of overflowing for a
+/// huge configured delay.
+fn after(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
 }
