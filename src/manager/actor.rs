@@ -33,9 +33,9 @@ use tower::{BoxError, Service, ServiceExt, timeout::error::Elapsed};
 use tracing::{Instrument, Span};
 
 use super::{
-    AddressSource, Builder, ConnId, ConnInfo, ConnKind, ConnState, Connection, Counters,
-    Disconnected, Entry, Error, Handle, Snapshot, builder::Callback, connection::Control,
-    types::DialFailure,
+    Address, AddressSource, Builder, ConnId, ConnInfo, ConnKind, ConnState, Connection, Counters,
+    DialService, Disconnected, Entry, Error, Handle, Snapshot, builder::Callback,
+    connection::Control, types::DialFailure,
 };
 use tokio_util::task::TaskTracker;
 
@@ -460,14 +460,7 @@ where
     Handle { tx: cmd_tx, shared }
 }
 
-impl<A, D> Actor<A, D>
-where
-    A: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static,
-    D: Service<A> + Clone + Send + 'static,
-    D::Response: AsyncRead + AsyncWrite + Send + 'static,
-    D::Error: Into<BoxError>,
-    D::Future: Send + 'static,
-{
+impl<A: Address, D: DialService<A>> Actor<A, D> {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command<A>>,

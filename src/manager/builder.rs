@@ -59,6 +59,38 @@ where
     }
 }
 
+/// An address type the manager can work with: cloneable, printable (for
+/// logs and spans) and shareable across tasks. Every such type is one, e.g.
+/// `SocketAddr`, or a host name type for targets reachable only through a
+/// proxy.
+pub trait Address: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static {}
+
+impl<T> Address for T where T: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static {}
+
+/// A dial stack the manager can drive: a cloneable `Service<A>` whose
+/// response is a stream. Every such service is one: the default [`Dialer`],
+/// a [`ServiceBuilder`](tower::ServiceBuilder) stack, a `service_fn`.
+pub trait DialService<A>:
+    Service<
+        A,
+        Response: AsyncRead + AsyncWrite + Send + 'static,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<A, S> DialService<A> for S
+where
+    S: Service<A> + Clone + Send + 'static,
+    S::Response: AsyncRead + AsyncWrite + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+}
+
 pub(crate) type Callback<T> = Arc<dyn Fn(T) + Send + Sync>;
 pub(crate) type Filler<A, D> =
     Box<dyn FnOnce(FillContext<A, D>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -111,14 +143,7 @@ impl Builder<SocketAddr, Dialer> {
     }
 }
 
-impl<A, D> Builder<A, D>
-where
-    A: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static,
-    D: Service<A> + Clone + Send + 'static,
-    D::Response: AsyncRead + AsyncWrite + Send + 'static,
-    D::Error: Into<BoxError>,
-    D::Future: Send + 'static,
-{
+impl<A: Address, D: DialService<A>> Builder<A, D> {
     /// A builder that dials with `dialer`, any `Service<A>` whose response is
     /// a stream: the default [`Dialer`], a [`ServiceBuilder`] stack with your
     /// own layers, a mock.

@@ -208,6 +208,31 @@ fn aborted() -> io::Error {
     )
 }
 
+/// Runs one I/O poll unless the manager has closed the connection. When the
+/// poll is pending, `waker` is registered so that a close wakes the task.
+fn guarded<T>(
+    control: &Control,
+    waker: &AtomicWaker,
+    cx: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    if control.is_closed() {
+        return Poll::Ready(Err(aborted()));
+    }
+    match poll(cx) {
+        Poll::Pending => {
+            waker.register(cx.waker());
+            // A close between the check above and the registration would
+            // otherwise be missed.
+            if control.is_closed() {
+                return Poll::Ready(Err(aborted()));
+            }
+            Poll::Pending
+        }
+        ready => ready,
+    }
+}
+
 impl<IO: AsyncRead, A> AsyncRead for Connection<IO, A> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -215,21 +240,8 @@ impl<IO: AsyncRead, A> AsyncRead for Connection<IO, A> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        if this.control.is_closed() {
-            return Poll::Ready(Err(aborted()));
-        }
-        match this.io.poll_read(cx, buf) {
-            Poll::Pending => {
-                this.control.read.register(cx.waker());
-                // A close between the check above and the registration
-                // would otherwise be missed.
-                if this.control.is_closed() {
-                    return Poll::Ready(Err(aborted()));
-                }
-                Poll::Pending
-            }
-            ready => ready,
-        }
+        let control = &**this.control;
+        guarded(control, &control.read, cx, |cx| this.io.poll_read(cx, buf))
     }
 }
 
@@ -240,19 +252,10 @@ impl<IO: AsyncWrite, A> AsyncWrite for Connection<IO, A> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        if this.control.is_closed() {
-            return Poll::Ready(Err(aborted()));
-        }
-        match this.io.poll_write(cx, buf) {
-            Poll::Pending => {
-                this.control.write.register(cx.waker());
-                if this.control.is_closed() {
-                    return Poll::Ready(Err(aborted()));
-                }
-                Poll::Pending
-            }
-            ready => ready,
-        }
+        let control = &**this.control;
+        guarded(control, &control.write, cx, |cx| {
+            this.io.poll_write(cx, buf)
+        })
     }
 
     fn poll_write_vectored(
@@ -261,19 +264,10 @@ impl<IO: AsyncWrite, A> AsyncWrite for Connection<IO, A> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        if this.control.is_closed() {
-            return Poll::Ready(Err(aborted()));
-        }
-        match this.io.poll_write_vectored(cx, bufs) {
-            Poll::Pending => {
-                this.control.write.register(cx.waker());
-                if this.control.is_closed() {
-                    return Poll::Ready(Err(aborted()));
-                }
-                Poll::Pending
-            }
-            ready => ready,
-        }
+        let control = &**this.control;
+        guarded(control, &control.write, cx, |cx| {
+            this.io.poll_write_vectored(cx, bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -79,8 +79,8 @@ mod types;
 
 pub use self::{
     builder::{
-        AddressSource, Builder, ConfigError, DEFAULT_MAX_FAILURES, DEFAULT_RETRY_BASE,
-        DEFAULT_RETRY_CAP, DEFAULT_STABLE_PERIOD, DEFAULT_TARGET_OUTBOUND,
+        Address, AddressSource, Builder, ConfigError, DEFAULT_MAX_FAILURES, DEFAULT_RETRY_BASE,
+        DEFAULT_RETRY_CAP, DEFAULT_STABLE_PERIOD, DEFAULT_TARGET_OUTBOUND, DialService,
     },
     connection::{ConnInfo, Connection},
     handle::Handle,
@@ -108,13 +108,7 @@ impl ConnManager {
 
     /// A builder with your own dial stack, for `SocketAddr` addresses. For
     /// another address type use [`Builder::new`].
-    pub fn with_dialer<D>(dialer: D) -> Builder<SocketAddr, D>
-    where
-        D: tower::Service<SocketAddr> + Clone + Send + 'static,
-        D::Response: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-        D::Error: Into<tower::BoxError>,
-        D::Future: Send + 'static,
-    {
+    pub fn with_dialer<D: DialService<SocketAddr>>(dialer: D) -> Builder<SocketAddr, D> {
         Builder::new(dialer)
     }
 }

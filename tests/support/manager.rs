@@ -2,13 +2,11 @@
 
 use std::net::SocketAddr;
 
-use connmgr::manager::{Builder, Connection, DialFailure, Disconnected};
+use connmgr::manager::{Builder, Connection, DialFailure, DialService, Disconnected};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::mpsc::{UnboundedReceiver, unbounded_channel},
 };
-use tower::{BoxError, Service};
 
 /// What the callbacks received, in order per kind.
 #[derive(Debug)]
@@ -22,10 +20,7 @@ pub struct Events<IO> {
 /// Sets all four callbacks to forward into channels.
 pub fn record<D>(b: Builder<SocketAddr, D>) -> (Builder<SocketAddr, D>, Events<D::Response>)
 where
-    D: Service<SocketAddr> + Clone + Send + 'static,
-    D::Response: AsyncRead + AsyncWrite + Send + 'static,
-    D::Error: Into<BoxError>,
-    D::Future: Send + 'static,
+    D: DialService<SocketAddr>,
 {
     let (ctx, connected) = unbounded_channel();
     let (atx, accepted) = unbounded_channel();
