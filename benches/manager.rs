@@ -34,6 +34,30 @@ fn memory_dialer() -> impl tower::Service<
     tower::service_fn(|_addr: SocketAddr| std::future::ready(Ok(tokio::io::duplex(64).0)))
 }
 
+/// A manager with an in-memory dial stack and `n` explicit connections.
+async fn connected(
+    addr: SocketAddr,
+    n: usize,
+    permanent: bool,
+) -> (
+    connmgr::manager::Handle,
+    Vec<connmgr::manager::Connection<DuplexStream>>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = Builder::<SocketAddr, _>::new(memory_dialer())
+        .on_connection(move |c| {
+            let _ = tx.send(c);
+        })
+        .start()
+        .expect("start");
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        handle.connect(addr, permanent).await.expect("connect");
+        conns.push(rx.recv().await.expect("connected"));
+    }
+    (handle, conns)
+}
+
 /// Runs a timed loop as a task of the runtime, as application code would.
 fn in_runtime<F>(rt: &tokio::runtime::Runtime, fut: F) -> Duration
 where
@@ -54,18 +78,8 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
 
     // A manager with one permanent in-memory connection to query.
-    let (handle, id, _keep) = rt.block_on(async {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let handle = Builder::<SocketAddr, _>::new(memory_dialer())
-            .on_connection(move |c| {
-                let _ = tx.send(c);
-            })
-            .start()
-            .expect("start");
-        let id = handle.connect(addr, true).await.expect("connect");
-        let conn = rx.recv().await.expect("connected");
-        (handle, id, conn)
-    });
+    let (handle, conns) = rt.block_on(connected(addr, 1, true));
+    let id = conns[0].id();
     group.bench_function("command_round_trip", |b| {
         b.iter_custom(|iters| {
             let handle = handle.clone();
@@ -78,21 +92,7 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
-    let big = rt.block_on(async {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let handle = Builder::<SocketAddr, _>::new(memory_dialer())
-            .on_connection(move |c| {
-                let _ = tx.send(c);
-            })
-            .start()
-            .expect("start");
-        let mut conns = Vec::new();
-        for _ in 0..100 {
-            handle.connect(addr, false).await.expect("connect");
-            conns.push(rx.recv().await.expect("connected"));
-        }
-        (handle, conns)
-    });
+    let big = rt.block_on(connected(addr, 100, false));
     group.bench_function("snapshot_100", |b| {
         b.iter_custom(|iters| {
             let handle = big.0.clone();

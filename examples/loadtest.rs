@@ -345,18 +345,24 @@ fn round_robin(
 
 // ===== churn =====
 
-async fn churn_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
-    let established = Arc::new(AtomicU64::new(0));
+/// Starts a manager keeping `target` automatic connections to `addrs`; each
+/// connection is read until the peer hangs up, on a task of its own, as an
+/// application would. The returned `Notify` fires at the `count`-th
+/// connection.
+fn counting_manager(
+    addrs: Vec<SocketAddr>,
+    target: usize,
+    count: u64,
+) -> Result<(connmgr::manager::Handle, Arc<Notify>), Error> {
+    let seen = AtomicU64::new(0);
     let done = Arc::new(Notify::new());
-    let (e, d) = (established.clone(), done.clone());
-    let cpu0 = cpu_time();
-    let start = Instant::now();
+    let notify = done.clone();
     let handle = ConnManager::builder()
         .target_outbound(target)
-        .address_source(round_robin(addrs.to_vec()))
+        .address_source(round_robin(addrs))
         .on_connection(move |mut conn| {
-            if e.fetch_add(1, Ordering::Relaxed) + 1 == count {
-                d.notify_one();
+            if seen.fetch_add(1, Ordering::Relaxed) + 1 == count {
+                notify.notify_one();
             }
             tokio::spawn(async move {
                 let mut buf = [0u8; 64];
@@ -364,6 +370,13 @@ async fn churn_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Resul
             });
         })
         .start()?;
+    Ok((handle, done))
+}
+
+async fn churn_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
+    let cpu0 = cpu_time();
+    let start = Instant::now();
+    let (handle, done) = counting_manager(addrs.to_vec(), target, count)?;
     tokio::time::timeout(ROUND_LIMIT, done.notified())
         .await
         .map_err(|_| "churn round timed out")?;
@@ -381,24 +394,29 @@ async fn churn_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Resul
     })
 }
 
-async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
+/// The raw side: `target` tasks that each loop `attempt` over the addresses
+/// until `count` attempts have started in all.
+async fn raw_clients<F, Fut>(
+    addrs: &[SocketAddr],
+    target: usize,
+    count: u64,
+    attempt: F,
+) -> Result<Sample, Error>
+where
+    F: Fn(SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let started = Arc::new(AtomicU64::new(0));
     let cpu0 = cpu_time();
     let start = Instant::now();
     let tasks: Vec<_> = (0..target)
         .map(|i| {
-            let started = started.clone();
-            let addrs = addrs.to_vec();
+            let (started, addrs, attempt) = (started.clone(), addrs.to_vec(), attempt.clone());
             tokio::spawn(async move {
                 let mut k = i;
                 while started.fetch_add(1, Ordering::Relaxed) < count {
                     k = k.wrapping_add(1);
-                    if let Ok(mut sock) = TcpStream::connect(addrs[k % addrs.len()]).await {
-                        // The same socket work as the manager's default dialer.
-                        let _ = sock.set_nodelay(true);
-                        let mut buf = [0u8; 64];
-                        while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
-                    }
+                    attempt(addrs[k % addrs.len()]).await;
                 }
             })
         })
@@ -410,13 +428,26 @@ async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sa
     };
     tokio::time::timeout(ROUND_LIMIT, all)
         .await
-        .map_err(|_| "raw churn round timed out")?;
+        .map_err(|_| "raw round timed out")?;
     let wall = start.elapsed();
     Ok(Sample {
         wall,
         cpu: cpu_time().saturating_sub(cpu0),
         value: count as f64 / wall.as_secs_f64(),
     })
+}
+
+/// Connect, then read until the peer hangs up.
+async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
+    raw_clients(addrs, target, count, |addr| async move {
+        if let Ok(mut sock) = TcpStream::connect(addr).await {
+            // The same socket work as the manager's default dialer.
+            let _ = sock.set_nodelay(true);
+            let mut buf = [0u8; 64];
+            while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await
 }
 
 fn report(scenario: &str, params: &str, unit: &str, a: &[Sample], b: &[Sample]) -> f64 {
@@ -511,28 +542,13 @@ fn hold_child(args: &[String]) -> Result<(), Error> {
         .build()?;
     rt.block_on(async move {
         let base = status_kib("VmRSS:");
-        let held = Arc::new(AtomicUsize::new(0));
-        let full = Arc::new(Notify::new());
         let start = Instant::now();
-        let mut handle = None;
-        if side == "connmgr" {
-            let (h, f) = (held.clone(), full.clone());
-            handle = Some(
-                ConnManager::builder()
-                    .target_outbound(target)
-                    .address_source(round_robin(addrs))
-                    .on_connection(move |mut conn| {
-                        if h.fetch_add(1, Ordering::Relaxed) + 1 == target {
-                            f.notify_one();
-                        }
-                        tokio::spawn(async move {
-                            let mut buf = [0u8; 64];
-                            while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
-                        });
-                    })
-                    .start()?,
-            );
+        let (handle, full) = if side == "connmgr" {
+            let (handle, full) = counting_manager(addrs, target, target as u64)?;
+            (Some(handle), full)
         } else {
+            let held = Arc::new(AtomicUsize::new(0));
+            let full = Arc::new(Notify::new());
             for i in 0..target {
                 let (h, f, addr) = (held.clone(), full.clone(), addrs[i % addrs.len()]);
                 tokio::spawn(async move {
@@ -546,7 +562,8 @@ fn hold_child(args: &[String]) -> Result<(), Error> {
                     }
                 });
             }
-        }
+            (None, full)
+        };
         tokio::time::timeout(ROUND_LIMIT, full.notified())
             .await
             .map_err(|_| "hold fill timed out")?;
@@ -665,31 +682,10 @@ async fn refused_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Res
 }
 
 async fn refused_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
-    let attempts = Arc::new(AtomicU64::new(0));
-    let cpu0 = cpu_time();
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..target)
-        .map(|i| {
-            let attempts = attempts.clone();
-            let addrs = addrs.to_vec();
-            tokio::spawn(async move {
-                let mut k = i;
-                while attempts.fetch_add(1, Ordering::Relaxed) < count {
-                    k = k.wrapping_add(1);
-                    let _ = TcpStream::connect(addrs[k % addrs.len()]).await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let wall = start.elapsed();
-    Ok(Sample {
-        wall,
-        cpu: cpu_time().saturating_sub(cpu0),
-        value: count as f64 / wall.as_secs_f64(),
+    raw_clients(addrs, target, count, |addr| async move {
+        let _ = TcpStream::connect(addr).await;
     })
+    .await
 }
 
 async fn refused(o: &Opts) -> Result<(), Error> {
@@ -756,22 +752,7 @@ async fn stop(o: &Opts) -> Result<(), Error> {
     let metrics = tokio::runtime::Handle::current().metrics();
     let tasks0 = metrics.num_alive_tasks();
     let fds0 = open_fds();
-    let held = Arc::new(AtomicUsize::new(0));
-    let full = Arc::new(Notify::new());
-    let (h, f, target) = (held.clone(), full.clone(), o.target);
-    let handle = ConnManager::builder()
-        .target_outbound(o.target)
-        .address_source(round_robin(farm.addrs.clone()))
-        .on_connection(move |mut conn| {
-            if h.fetch_add(1, Ordering::Relaxed) + 1 == target {
-                f.notify_one();
-            }
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-        })
-        .start()?;
+    let (handle, full) = counting_manager(farm.addrs.clone(), o.target, o.target as u64)?;
     tokio::time::timeout(ROUND_LIMIT, full.notified())
         .await
         .map_err(|_| "stop: fill timed out")?;
