@@ -369,7 +369,8 @@ struct Actor<A, D: Service<A>> {
     timers: BTreeSet<(Instant, ConnId)>,
     /// Every dial task, so that stop can wait for the aborted ones to end.
     dials: TaskTracker,
-    results: mpsc::UnboundedSender<(ConnId, Dialed<D::Response>)>,
+    /// Finished dials: request id, attempt number, result.
+    results: mpsc::UnboundedSender<(ConnId, u32, Dialed<D::Response>)>,
     tasks: JoinSet<()>,
     ended: VecDeque<(ConnId, ConnState)>,
     events: mpsc::UnboundedSender<Event<D::Response, A>>,
@@ -466,7 +467,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         mut commands: mpsc::Receiver<Command<A>>,
         mut dropped: mpsc::UnboundedReceiver<ConnId>,
         mut auto: mpsc::Receiver<AutoDial<A, ResponseFuture<D::Future>>>,
-        mut results: mpsc::UnboundedReceiver<(ConnId, Dialed<D::Response>)>,
+        mut results: mpsc::UnboundedReceiver<(ConnId, u32, Dialed<D::Response>)>,
         callbacks: JoinHandle<()>,
     ) {
         tracing::debug!("connection manager started");
@@ -500,11 +501,11 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                         self.on_dropped(id);
                     }
                 }
-                Some((id, result)) = results.recv() => {
-                    self.on_dialed(id, result);
+                Some((id, attempt, result)) = results.recv() => {
+                    self.on_dialed(id, attempt, result);
                     for _ in 0..BATCH {
-                        let Ok((id, result)) = results.try_recv() else { break };
-                        self.on_dialed(id, result);
+                        let Ok((id, attempt, result)) = results.try_recv() else { break };
+                        self.on_dialed(id, attempt, result);
                     }
                 }
                 Some(dial) = auto.recv() => {
@@ -652,8 +653,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         tracing::debug!(parent: &slot.span, attempt = slot.attempts, "dialing");
         let fut = self.dialer.clone().oneshot(slot.info.addr.clone());
         let fut = run_dial(fut, self.shared.clone(), false, |io| (io, None));
-        let span = slot.span.clone();
-        let handle = self.spawn_dial(id, fut, span);
+        let (span, attempt) = (slot.span.clone(), slot.attempts);
+        let handle = self.spawn_dial(id, attempt, fut, span);
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.dial = Some(handle);
         }
@@ -661,7 +662,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
 
     /// Runs a dial on a task of its own; its result comes back on the
     /// results channel. Removing the request aborts the task.
-    fn spawn_dial<F>(&mut self, id: ConnId, fut: F, span: Span) -> AbortHandle
+    fn spawn_dial<F>(&mut self, id: ConnId, attempt: u32, fut: F, span: Span) -> AbortHandle
     where
         F: Future<Output = Dialed<D::Response>> + Send + 'static,
     {
@@ -676,7 +677,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                     .unwrap_or_else(|_| Err("dial stack panicked".into()));
                 // The manager may have stopped: the connection is then
                 // dropped here, which closes it.
-                let _ = results.send((id, result));
+                let _ = results.send((id, attempt, result));
             }
             .instrument(span),
         );
@@ -696,18 +697,24 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         tracing::debug!(parent: &slot.span, "dialing automatic peer");
         let span = slot.span.clone();
         let fut = run_dial(dial.fut, self.shared.clone(), true, Permitted::into_parts);
-        let handle = self.spawn_dial(id, fut, span);
+        let handle = self.spawn_dial(id, 1, fut, span);
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.dial = Some(handle);
         }
     }
 
-    fn on_dialed(&mut self, id: ConnId, result: Dialed<D::Response>) {
+    fn on_dialed(&mut self, id: ConnId, attempt: u32, result: Dialed<D::Response>) {
         let Some(slot) = self.slots.get_mut(&id) else {
             // Removed while dialing: a late connection is dropped (closed).
             tracing::debug!(%id, "ignoring dial result of a removed request");
             return;
         };
+        if slot.attempts != attempt || slot.dial.is_none() {
+            // This attempt already timed out (its result raced the abort);
+            // the request has moved on. A connection here is dropped, closed.
+            tracing::debug!(parent: &slot.span, attempt, "ignoring the result of a timed-out dial");
+            return;
+        }
         slot.dial = None;
         if let Some(at) = slot.dial_deadline.take() {
             self.timers.remove(&(at, id));
