@@ -456,3 +456,52 @@ async fn connect_timeout_ends_hanging_dials() {
     assert_eq!(snap.counters.failures, 2);
     handle.stop().await;
 }
+
+/// A host name that only the proxy resolves (the shape of a `.onion`
+/// address), as the manager's own address type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HostPort(String, u16);
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.0, self.1)
+    }
+}
+
+impl connmgr::socks::IntoTargetAddr<'static> for HostPort {
+    fn into_target_addr(self) -> tokio_socks::Result<connmgr::socks::TargetAddr<'static>> {
+        Ok(connmgr::socks::TargetAddr::Domain(self.0.into(), self.1))
+    }
+}
+
+/// The manager is generic over its address type: with host names that only
+/// the SOCKS5 proxy resolves, a permanent peer connects through the real
+/// proxy and is reported with its host name.
+#[tokio::test]
+async fn manager_with_host_name_addresses_through_socks5() {
+    use connmgr::{connect::TcpConnector, manager::Builder};
+    let proxy = support::socks5::RealSocks5::start(None).await;
+    let target = support::echo_target().await;
+    let dialer = tower::ServiceBuilder::new()
+        .layer(Socks5Layer::new(proxy.addr))
+        .service(TcpConnector::new());
+    let (tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    let handle = Builder::<HostPort, _>::new(dialer)
+        .on_connection(move |c| {
+            let _ = tx.send(c);
+        })
+        .start()
+        .expect("start");
+    let addr = HostPort("localhost".into(), target.port());
+    let id = handle.connect(addr.clone(), true).await.expect("connect");
+    let mut conn = connected.recv().await.expect("connected by name");
+    assert_eq!(conn.id(), id);
+    assert_eq!(conn.addr(), &addr);
+    support::assert_echo(&mut conn, b"by name").await;
+    let snap = handle.snapshot().await.expect("snapshot");
+    assert_eq!(
+        snap.get(id).expect("entry").info.addr.to_string(),
+        format!("localhost:{}", target.port())
+    );
+    handle.stop().await;
+}

@@ -44,6 +44,9 @@ mod error;
 mod recorder;
 
 pub use self::error::{InvalidCredentials, ReplyCode, Socks5Error, Socks5ErrorKind};
+/// Targets the layer accepts: anything tokio-socks can put in a request
+/// (re-exported so a custom address type can implement it).
+pub use tokio_socks::{IntoTargetAddr, TargetAddr};
 
 use std::{
     fmt,
@@ -59,7 +62,7 @@ use std::{
 };
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_socks::{IntoTargetAddr, TargetAddr, tcp::Socks5Stream};
+use tokio_socks::tcp::Socks5Stream;
 use tower::{BoxError, Layer, Service};
 
 use self::recorder::Recorder;

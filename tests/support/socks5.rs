@@ -174,6 +174,20 @@ async fn serve(
             ip.copy_from_slice(&b[..16]);
             SocketAddr::from((Ipv6Addr::from(ip), u16::from_be_bytes([b[16], b[17]])))
         }
+        0x03 => {
+            // A domain name: only "localhost" resolves here (to 127.0.0.1).
+            let mut len = [0u8; 1];
+            sock.read_exact(&mut len).await?;
+            let mut name = vec![0u8; usize::from(len[0]) + 2];
+            sock.read_exact(&mut name).await?;
+            let port = u16::from_be_bytes([name[name.len() - 2], name[name.len() - 1]]);
+            if &name[..name.len() - 2] != b"localhost" {
+                sock.write_all(&[0x05, 0x04, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
+                    .await?;
+                return Ok(());
+            }
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+        }
         _ => {
             sock.write_all(&[0x05, 0x08, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
                 .await?;
