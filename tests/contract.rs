@@ -505,3 +505,79 @@ async fn manager_with_host_name_addresses_through_socks5() {
     );
     handle.stop().await;
 }
+
+/// A dial stack that panics fails that one dial with an error; a callback
+/// that panics is logged and skipped; the manager keeps working.
+#[tokio::test]
+async fn panics_in_user_code_do_not_stop_the_manager() {
+    let peer = HoldingPeer::start().await;
+    let good = peer.addr;
+    let dialer = tower::service_fn(move |addr: std::net::SocketAddr| async move {
+        if addr != good {
+            panic!("a buggy dial stack");
+        }
+        TcpStream::connect(addr).await
+    });
+    let (tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    let (ftx, mut failed) = tokio::sync::mpsc::unbounded_channel();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let handle = ConnManager::with_dialer(dialer)
+        .on_connection(move |conn| {
+            if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                panic!("a buggy callback");
+            }
+            let _ = tx.send(conn);
+        })
+        .on_dial_failure(move |f| {
+            let _ = ftx.send(f);
+        })
+        .start()
+        .expect("start");
+    let bad = handle
+        .connect("127.0.0.1:9".parse().expect("addr"), false)
+        .await
+        .expect("connect");
+    let failure = failed
+        .recv()
+        .await
+        .expect("the panicking dial is a failure");
+    assert_eq!(failure.info.id, bad);
+    assert!(
+        failure.error.to_string().contains("panicked"),
+        "{}",
+        failure.error
+    );
+
+    // The first connection's callback panics; the second one is delivered.
+    handle.connect(good, false).await.expect("first");
+    handle.connect(good, false).await.expect("second");
+    let conn = connected
+        .recv()
+        .await
+        .expect("the manager and callbacks still run");
+    assert_eq!(conn.addr(), &good);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    handle.stop().await;
+}
+
+/// When the last handle is dropped, the manager stops by itself.
+#[tokio::test]
+async fn dropping_every_handle_stops_the_manager() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = ConnManager::builder()
+        .listener(listener)
+        .on_accept(drop)
+        .start()
+        .expect("start");
+    assert!(
+        TcpStream::connect(addr).await.is_ok(),
+        "listening while a handle lives"
+    );
+    drop(handle);
+    until_async("the listener is closed", || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+}
