@@ -753,13 +753,13 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 } else {
                     None
                 };
-                let info = slot.info.clone();
+                let info = self.wants_failures.then(|| slot.info.clone());
                 if retry_at.is_none() {
                     // Automatic and one-shot requests end with their first
                     // failure; an automatic one is replaced by the fill task.
                     self.finish(id, ConnState::Canceled);
                 }
-                if self.wants_failures {
+                if let Some(info) = info {
                     let _ = self.events.send(Event::DialFailed(DialFailure {
                         info,
                         attempt,
@@ -811,11 +811,11 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             None
         };
         tracing::debug!(parent: &slot.span, ?reconnect_at, "connection ended");
-        let info = slot.info.clone();
+        let info = self.wants_disconnections.then(|| slot.info.clone());
         if reconnect_at.is_none() {
             self.finish(id, ConnState::Disconnected);
         }
-        if self.wants_disconnections {
+        if let Some(info) = info {
             let _ = self
                 .events
                 .send(Event::Disconnected(Disconnected { info, reconnect_at }));
