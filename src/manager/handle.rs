@@ -113,7 +113,7 @@ impl<A> Handle<A> {
         self.shared.counters()
     }
 
-    /// Whether the manager has stopped (or is stopping).
+    /// Whether the manager has stopped: every task of it has ended.
     pub fn is_stopped(&self) -> bool {
         self.tx.is_closed()
     }
