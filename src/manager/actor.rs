@@ -8,7 +8,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
-    fmt,
     future::Future,
     hash::{BuildHasherDefault, Hasher},
     net::SocketAddr,
@@ -23,7 +22,6 @@ use std::{
 
 use futures_util::FutureExt;
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     task::{AbortHandle, JoinHandle, JoinSet},
@@ -213,15 +211,10 @@ pub(crate) struct FillContext<A, D: Service<A>> {
 
 /// The fill loop: wait for a free outbound permit, respect the failure
 /// throttle, take an address, start the dial and hand it to the manager.
-pub(crate) async fn fill<A, D, S>(ctx: FillContext<A, D>, mut source: S)
-where
-    A: Clone + Send + 'static,
-    D: Service<A> + Send + 'static,
-    D::Response: Send + 'static,
-    D::Error: Into<BoxError>,
-    D::Future: Send + 'static,
-    S: AddressSource<A>,
-{
+pub(crate) async fn fill<A: Address, D: DialService<A>, S: AddressSource<A>>(
+    ctx: FillContext<A, D>,
+    mut source: S,
+) {
     let FillContext {
         mut svc,
         tx,
@@ -381,18 +374,11 @@ struct Actor<A, D: Service<A>> {
 }
 
 /// Starts the manager's tasks.
-pub(crate) fn spawn<A, D>(
+pub(crate) fn spawn<A: Address, D: DialService<A>>(
     b: Builder<A, D>,
     backoff: Backoff,
     rt: &tokio::runtime::Handle,
-) -> Handle<A>
-where
-    A: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static,
-    D: Service<A> + Clone + Send + 'static,
-    D::Response: AsyncRead + AsyncWrite + Send + 'static,
-    D::Error: Into<BoxError>,
-    D::Future: Send + 'static,
-{
+) -> Handle<A> {
     let shared = Arc::new(Shared::new());
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (dropped_tx, dropped_rx) = mpsc::unbounded_channel();
@@ -581,7 +567,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                         Err(Error::NotEstablished(id, s.state))
                     }
                     Some(_) => {
-                        self.connection_ended(id, true, false);
+                        self.connection_ended(id, false);
                         Ok(())
                     }
                 };
@@ -652,20 +638,23 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         slot.attempts += 1;
         tracing::debug!(parent: &slot.span, attempt = slot.attempts, "dialing");
         let fut = self.dialer.clone().oneshot(slot.info.addr.clone());
-        let fut = run_dial(fut, self.shared.clone(), false, |io| (io, None));
-        let (span, attempt) = (slot.span.clone(), slot.attempts);
-        let handle = self.spawn_dial(id, attempt, fut, span);
-        if let Some(slot) = self.slots.get_mut(&id) {
-            slot.dial = Some(handle);
-        }
+        self.spawn_dial(
+            id,
+            run_dial(fut, self.shared.clone(), false, |io| (io, None)),
+        );
     }
 
-    /// Runs a dial on a task of its own; its result comes back on the
-    /// results channel. Removing the request aborts the task.
-    fn spawn_dial<F>(&mut self, id: ConnId, attempt: u32, fut: F, span: Span) -> AbortHandle
+    /// Runs the current attempt of request `id` on a task of its own and
+    /// arms its connect timeout; the result comes back on the results
+    /// channel. Removing the request aborts the task.
+    fn spawn_dial<F>(&mut self, id: ConnId, fut: F)
     where
         F: Future<Output = Dialed<D::Response>> + Send + 'static,
     {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let (attempt, span) = (slot.attempts, slot.span.clone());
         self.shared.dials.fetch_add(1, Relaxed);
         let results = self.results.clone();
         let task = self.dials.track_future(
@@ -681,13 +670,12 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             }
             .instrument(span),
         );
-        let handle = tokio::spawn(task).abort_handle();
-        if let (Some(limit), Some(slot)) = (self.timeout, self.slots.get_mut(&id)) {
+        slot.dial = Some(tokio::spawn(task).abort_handle());
+        if let Some(limit) = self.timeout {
             let at = after(Instant::now(), limit);
             slot.dial_deadline = Some(at);
             self.timers.insert((at, id));
         }
-        handle
     }
 
     fn on_auto_dial(&mut self, dial: AutoDial<A, ResponseFuture<D::Future>>) {
@@ -695,12 +683,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let slot = self.insert(id, dial.addr, ConnKind::Automatic);
         slot.attempts = 1;
         tracing::debug!(parent: &slot.span, "dialing automatic peer");
-        let span = slot.span.clone();
         let fut = run_dial(dial.fut, self.shared.clone(), true, Permitted::into_parts);
-        let handle = self.spawn_dial(id, 1, fut, span);
-        if let Some(slot) = self.slots.get_mut(&id) {
-            slot.dial = Some(handle);
-        }
+        self.spawn_dial(id, fut);
     }
 
     fn on_dialed(&mut self, id: ConnId, attempt: u32, result: Dialed<D::Response>) {
@@ -777,20 +761,19 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             .get(&id)
             .is_some_and(|s| s.state == ConnState::Established)
         {
-            self.connection_ended(id, false, false);
+            self.connection_ended(id, false);
         }
     }
 
     /// An established connection ended: dropped by its owner, or closed by
-    /// `disconnect` / `remove`.
-    fn connection_ended(&mut self, id: ConnId, close: bool, removed: bool) {
+    /// `disconnect` / `remove` (`removed`: never reconnect). Closing a
+    /// connection its owner already dropped is harmless.
+    fn connection_ended(&mut self, id: ConnId, removed: bool) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
         if let Some(control) = slot.control.take() {
-            if close {
-                control.close();
-            }
+            control.close();
         }
         let now = Instant::now();
         let reconnect_at = if slot.info.kind.is_permanent() && !removed {
@@ -827,16 +810,10 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             return Err(Error::UnknownId(id));
         };
         match slot.state {
-            ConnState::Established => self.connection_ended(id, true, true),
+            ConnState::Established => self.connection_ended(id, true),
             _ => {
                 if let Some(dial) = slot.dial.take() {
                     dial.abort();
-                }
-                if let Some(at) = slot.next_attempt.take() {
-                    self.timers.remove(&(at, id));
-                }
-                if let Some(at) = slot.dial_deadline.take() {
-                    self.timers.remove(&(at, id));
                 }
                 tracing::debug!(parent: &slot.span, "request removed");
                 self.finish(id, ConnState::Canceled);
@@ -845,7 +822,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         Ok(())
     }
 
-    /// Takes a request out of the map, remembering how it ended.
+    /// Takes a request out of the map with its timers, remembering how it
+    /// ended.
     fn finish(&mut self, id: ConnId, state: ConnState) {
         if let Some(slot) = self.slots.remove(&id) {
             for at in [slot.next_attempt, slot.dial_deadline]
