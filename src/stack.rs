@@ -48,21 +48,21 @@
 //! [`ServiceBuilder`]: tower::ServiceBuilder
 
 use std::{
-    fmt,
-    future::Future,
     net::SocketAddr,
-    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
-use pin_project::pin_project;
-use tokio::{net::TcpStream, time::Sleep};
-use tower::{BoxError, Layer, Service, timeout::error::Elapsed};
+use tokio::net::TcpStream;
+use tower::{
+    BoxError, Layer, Service,
+    timeout::Timeout,
+    util::{Either, MapErr},
+};
 
 use crate::{
-    connect::{Connecting, TcpConnector},
-    socks::{Handshaking, Socks5, Socks5Layer},
+    connect::{ConnectError, TcpConnector},
+    socks::{Socks5, Socks5Error, Socks5Layer},
 };
 
 /// The default connect timeout, as in btcd.
@@ -119,33 +119,42 @@ impl DialStack {
 
     /// Assembles the stack.
     pub fn build(self) -> Dialer {
-        let inner = match self.socks5 {
-            Some(socks) => Inner::Socks5(socks.layer(self.connector)),
-            None => Inner::Tcp(self.connector),
+        let transport = match self.socks5 {
+            Some(socks) => Either::Left(MapErr::new(
+                socks.layer(self.connector),
+                BoxError::from as fn(Socks5Error) -> BoxError,
+            )),
+            None => Either::Right(MapErr::new(
+                self.connector,
+                BoxError::from as fn(ConnectError) -> BoxError,
+            )),
         };
-        Dialer {
-            inner,
-            timeout: self.timeout,
-        }
+        let inner = match self.timeout {
+            Some(limit) => Either::Left(Timeout::new(transport, limit)),
+            None => Either::Right(transport),
+        };
+        Dialer { inner }
     }
 }
+
+/// TCP, or SOCKS5 over TCP, with boxed errors.
+type Transport = Either<
+    MapErr<Socks5<TcpConnector>, fn(Socks5Error) -> BoxError>,
+    MapErr<TcpConnector, fn(ConnectError) -> BoxError>,
+>;
+
+/// The transport, with or without a timeout.
+type Inner = Either<Timeout<Transport>, Transport>;
 
 /// The stack built by [`DialStack`]: a cloneable
 /// `Service<SocketAddr, Response = TcpStream, Error = BoxError>`.
 ///
-/// It is the composition of [`TcpConnector`], an optional [`Socks5`] and an
-/// optional timeout, written out as one type so that a dial costs no boxing
-/// beyond the connector's own.
+/// It is tower's own pieces ([`Timeout`], [`Either`], [`MapErr`]) around
+/// [`Socks5`] and [`TcpConnector`], named as one type so that a dial costs
+/// no boxing beyond the connector's own.
 #[derive(Clone, Debug)]
 pub struct Dialer {
     inner: Inner,
-    timeout: Option<Duration>,
-}
-
-#[derive(Clone, Debug)]
-enum Inner {
-    Tcp(TcpConnector),
-    Socks5(Socks5<TcpConnector>),
 }
 
 impl Dialer {
@@ -164,65 +173,15 @@ impl Default for Dialer {
 impl Service<SocketAddr> for Dialer {
     type Response = TcpStream;
     type Error = BoxError;
-    type Future = DialFuture;
+    type Future = <Inner as Service<SocketAddr>>::Future;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match &mut self.inner {
-            Inner::Tcp(s) => Service::<SocketAddr>::poll_ready(s, cx).map_err(Into::into),
-            Inner::Socks5(s) => Service::<SocketAddr>::poll_ready(s, cx).map_err(Into::into),
-        }
+        self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, addr: SocketAddr) -> Self::Future {
-        let inner = match &mut self.inner {
-            Inner::Tcp(s) => Either::Tcp(s.call(addr)),
-            Inner::Socks5(s) => Either::Socks5(s.call(addr)),
-        };
-        DialFuture {
-            inner,
-            deadline: self.timeout.map(tokio::time::sleep),
-        }
-    }
-}
-
-#[pin_project(project = EitherProj)]
-enum Either {
-    Tcp(#[pin] Connecting),
-    Socks5(#[pin] Handshaking<TcpStream>),
-}
-
-/// The future returned by [`Dialer`].
-#[pin_project]
-#[must_use = "futures do nothing unless polled"]
-pub struct DialFuture {
-    #[pin]
-    inner: Either,
-    #[pin]
-    deadline: Option<Sleep>,
-}
-
-impl fmt::Debug for DialFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad("DialFuture")
-    }
-}
-
-impl Future for DialFuture {
-    type Output = Result<TcpStream, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let done = match this.inner.project() {
-            EitherProj::Tcp(f) => f.poll(cx).map_err(BoxError::from),
-            EitherProj::Socks5(f) => f.poll(cx).map_err(BoxError::from),
-        };
-        if let Poll::Ready(result) = done {
-            return Poll::Ready(result);
-        }
-        match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed::new().into())),
-            _ => Poll::Pending,
-        }
+        self.inner.call(addr)
     }
 }
