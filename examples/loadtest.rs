@@ -178,6 +178,31 @@ struct Sample {
     value: f64,
 }
 
+/// Wall and CPU time since a round started.
+struct Meter {
+    start: Instant,
+    cpu0: Duration,
+}
+
+impl Meter {
+    fn start() -> Self {
+        Self {
+            cpu0: cpu_time(),
+            start: Instant::now(),
+        }
+    }
+
+    /// `n` events over `wall` (measured by the caller), with the CPU time
+    /// spent until now.
+    fn sample(&self, wall: Duration, n: u64) -> Sample {
+        Sample {
+            wall,
+            cpu: cpu_time().saturating_sub(self.cpu0),
+            value: n as f64 / wall.as_secs_f64(),
+        }
+    }
+}
+
 impl Sample {
     /// The side that was not run (`--only`).
     const NONE: Self = Self {
@@ -374,24 +399,18 @@ fn counting_manager(
 }
 
 async fn churn_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
-    let cpu0 = cpu_time();
-    let start = Instant::now();
+    let meter = Meter::start();
     let (handle, done) = counting_manager(addrs.to_vec(), target, count)?;
     tokio::time::timeout(ROUND_LIMIT, done.notified())
         .await
         .map_err(|_| "churn round timed out")?;
-    let wall = start.elapsed();
+    let wall = meter.start.elapsed();
     let failures = handle.counters().failures;
     handle.stop_and_close().await;
-    let cpu = cpu_time().saturating_sub(cpu0);
     if failures > 0 {
         eprintln!("  (connmgr: {failures} failed dials)");
     }
-    Ok(Sample {
-        wall,
-        cpu,
-        value: count as f64 / wall.as_secs_f64(),
-    })
+    Ok(meter.sample(wall, count))
 }
 
 /// The raw side: `target` tasks that each loop `attempt` over the addresses
@@ -407,8 +426,7 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let started = Arc::new(AtomicU64::new(0));
-    let cpu0 = cpu_time();
-    let start = Instant::now();
+    let meter = Meter::start();
     let tasks: Vec<_> = (0..target)
         .map(|i| {
             let (started, addrs, attempt) = (started.clone(), addrs.to_vec(), attempt.clone());
@@ -429,12 +447,7 @@ where
     tokio::time::timeout(ROUND_LIMIT, all)
         .await
         .map_err(|_| "raw round timed out")?;
-    let wall = start.elapsed();
-    Ok(Sample {
-        wall,
-        cpu: cpu_time().saturating_sub(cpu0),
-        value: count as f64 / wall.as_secs_f64(),
-    })
+    Ok(meter.sample(meter.start.elapsed(), count))
 }
 
 /// Connect, then read until the peer hangs up.
@@ -657,28 +670,23 @@ fn hold(o: &Opts) -> Result<(), Error> {
 // ===== refused =====
 
 async fn refused_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
-    let cpu0 = cpu_time();
-    let start = Instant::now();
+    let meter = Meter::start();
     let handle = ConnManager::builder()
         .target_outbound(target)
         .max_failures(u32::MAX)
         .address_source(round_robin(addrs.to_vec()))
         .start()?;
-    let deadline = start + ROUND_LIMIT;
+    let deadline = meter.start + ROUND_LIMIT;
     while handle.counters().failures < count {
         if Instant::now() > deadline {
             return Err("refused round timed out".into());
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    let wall = start.elapsed();
+    let wall = meter.start.elapsed();
     let attempts = handle.counters().failures;
     handle.stop().await;
-    Ok(Sample {
-        wall,
-        cpu: cpu_time().saturating_sub(cpu0),
-        value: attempts as f64 / wall.as_secs_f64(),
-    })
+    Ok(meter.sample(wall, attempts))
 }
 
 async fn refused_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
