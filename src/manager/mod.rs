@@ -108,6 +108,11 @@ impl ConnManager {
 
     /// A builder with your own dial stack, for `SocketAddr` addresses. For
     /// another address type use [`Builder::new`].
+    ///
+    /// The manager times each dial out itself
+    /// ([`connect_timeout`](Builder::connect_timeout)), so a stack from
+    /// [`DialStack`](crate::DialStack) can leave its own out with
+    /// `.timeout(None)`; keeping both is harmless, only one timer more.
     pub fn with_dialer<D: DialService<SocketAddr>>(dialer: D) -> Builder<SocketAddr, D> {
         Builder::new(dialer)
     }
