@@ -52,7 +52,11 @@ async fn connected(
         .expect("start");
     let mut conns = Vec::new();
     for _ in 0..n {
-        handle.connect(addr, permanent).await.expect("connect");
+        if permanent {
+            handle.connect_permanent(addr).await.expect("connect");
+        } else {
+            handle.connect(addr).await.expect("connect");
+        }
         conns.push(rx.recv().await.expect("connected"));
     }
     (handle, conns)

@@ -765,7 +765,7 @@ async fn stop(o: &Opts) -> Result<(), Error> {
         .await
         .map_err(|_| "stop: fill timed out")?;
     for _ in 0..o.inflight {
-        handle.connect(stall.addrs[0], false).await?;
+        handle.connect(stall.addrs[0]).await?;
     }
     // Let the stalled dials get going: at most the backlog's worth connect.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -94,8 +94,8 @@ async fn main() -> Result<(), connmgr::BoxError> {
             on_disc.fetch_add(1, Ordering::Relaxed);
         })
         .start()?;
-    handle.connect(permanent_up, true).await?;
-    handle.connect(permanent_late, true).await?;
+    handle.connect_permanent(permanent_up).await?;
+    handle.connect_permanent(permanent_late).await?;
 
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();

@@ -8,8 +8,8 @@
 //! dropped together (a network outage) thereby spread out instead of
 //! reconnecting in lockstep.
 //!
-//! The random source is a [`JitterRng`]. It is seeded from the operating
-//! system's hasher keys by default; [`JitterRng::seeded`] makes a schedule
+//! The random source is a [`JitterRng`] (the `fastrand` generator, shared by
+//! clones). It is randomly seeded by default; [`JitterRng::seeded`] makes a schedule
 //! reproducible in tests. All delays are plain [`Duration`]s, slept with tokio
 //! timers, so `tokio::time::pause()` makes them deterministic.
 //!
@@ -31,11 +31,7 @@
 use std::{
     error::Error as StdError,
     fmt,
-    hash::{BuildHasher, Hasher},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -62,10 +58,10 @@ impl Backoff {
     /// [`InvalidBackoff`] unless `base > 0` and `cap >= base`.
     pub fn new(base: Duration, cap: Duration) -> Result<Self, InvalidBackoff> {
         if base.is_zero() {
-            return Err(InvalidBackoff("base must be greater than zero"));
+            return Err(InvalidBackoff::ZeroBase);
         }
         if cap < base {
-            return Err(InvalidBackoff("cap must not be less than base"));
+            return Err(InvalidBackoff::CapBelowBase);
         }
         Ok(Self {
             base,
@@ -83,7 +79,7 @@ impl Backoff {
     /// [`InvalidBackoff`] unless `0.0 <= jitter <= 1.0`.
     pub fn with_jitter(mut self, jitter: f64) -> Result<Self, InvalidBackoff> {
         if !(0.0..=1.0).contains(&jitter) {
-            return Err(InvalidBackoff("jitter must be between 0.0 and 1.0"));
+            return Err(InvalidBackoff::JitterOutOfRange);
         }
         self.jitter = jitter;
         Ok(self)
@@ -135,57 +131,70 @@ impl Backoff {
     }
 }
 
-/// An invalid [`Backoff`] configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidBackoff(&'static str);
+/// An invalid [`Backoff`] configuration: which rule was broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidBackoff {
+    /// The base delay is zero.
+    ZeroBase,
+    /// The cap is less than the base.
+    CapBelowBase,
+    /// The jitter fraction is not in `0.0..=1.0` (or is NaN).
+    JitterOutOfRange,
+}
 
 impl fmt::Display for InvalidBackoff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid backoff: {}", self.0)
+        f.pad(match self {
+            Self::ZeroBase => "invalid backoff: base must be greater than zero",
+            Self::CapBelowBase => "invalid backoff: cap must not be less than base",
+            Self::JitterOutOfRange => "invalid backoff: jitter must be between 0.0 and 1.0",
+        })
     }
 }
 
 impl StdError for InvalidBackoff {}
 
-/// A small, fast, shareable random source for jitter (SplitMix64).
+/// The random source of the jitter: a [`fastrand::Rng`] shared by clones.
 ///
-/// Clones share one state, so every user of a schedule draws from the same
-/// sequence; with [`seeded`](Self::seeded) the sequence is reproducible. It is
-/// not for cryptography.
+/// Clones draw from one sequence; with [`seeded`](Self::seeded) the sequence
+/// is reproducible. It is not for cryptography.
 #[derive(Clone, Debug)]
 pub struct JitterRng {
-    state: Arc<AtomicU64>,
+    rng: Arc<Mutex<fastrand::Rng>>,
 }
 
 impl JitterRng {
-    /// A source seeded from the process's random hasher keys.
+    /// A randomly seeded source.
     pub fn new() -> Self {
-        let seed = std::hash::RandomState::new().build_hasher().finish();
-        Self::seeded(seed)
+        Self::from_rng(fastrand::Rng::new())
     }
 
     /// A source with a fixed seed, for reproducible schedules.
     pub fn seeded(seed: u64) -> Self {
+        Self::from_rng(fastrand::Rng::with_seed(seed))
+    }
+
+    fn from_rng(rng: fastrand::Rng) -> Self {
         Self {
-            state: Arc::new(AtomicU64::new(seed)),
+            rng: Arc::new(Mutex::new(rng)),
         }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
+        // A poisoned lock still holds a valid generator.
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut rng)
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&self) -> u64 {
-        const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut z = self
-            .state
-            .fetch_add(GAMMA, Ordering::Relaxed)
-            .wrapping_add(GAMMA);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.with(|rng| rng.u64(..))
     }
 
     /// A random value in `[0, 1)`.
     pub fn next_f64(&self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        self.with(|rng| rng.f64())
     }
 }
 
@@ -203,16 +212,19 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    /// Construction rejects a zero base, a cap below the base and bad jitter.
+    /// Construction rejects a zero base, a cap below the base and bad
+    /// jitter, and says which rule failed.
     #[test]
     fn validation() {
-        assert!(Backoff::new(Duration::ZERO, secs(1)).is_err());
-        assert!(Backoff::new(secs(2), secs(1)).is_err());
+        use InvalidBackoff::*;
+        let err = |r: Result<Backoff, InvalidBackoff>| r.err();
+        assert_eq!(err(Backoff::new(Duration::ZERO, secs(1))), Some(ZeroBase));
+        assert_eq!(err(Backoff::new(secs(2), secs(1))), Some(CapBelowBase));
         assert!(Backoff::new(secs(1), secs(1)).is_ok());
         let b = Backoff::new(secs(1), secs(2)).expect("valid");
-        assert!(b.clone().with_jitter(-0.1).is_err());
-        assert!(b.clone().with_jitter(1.5).is_err());
-        assert!(b.clone().with_jitter(f64::NAN).is_err());
+        assert_eq!(err(b.clone().with_jitter(-0.1)), Some(JitterOutOfRange));
+        assert_eq!(err(b.clone().with_jitter(1.5)), Some(JitterOutOfRange));
+        assert_eq!(err(b.clone().with_jitter(f64::NAN)), Some(JitterOutOfRange));
         assert!(b.with_jitter(1.0).is_ok());
     }
 

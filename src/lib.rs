@@ -11,15 +11,22 @@
 //!
 //! ```text
 //!  application ──Handle (connect / disconnect / remove / snapshot / stop)──┐
-//!                                                                         v
-//!                   manager task: the state map (one owner, no locks)
-//!                   fill task for automatic outbound, retry timers,
-//!                   accept loops, callbacks on their own task
-//!                                                                         │ calls
-//!                                                                         v
-//!  dial stack:  OutboundLimit ─> Timeout ─> Socks5 ─> TcpConnector
-//!               (any tower layer of yours can go in between)
+//!       ^                                                                 v
+//!       │ callbacks     manager task: the state map (one owner, no locks),
+//!       │ (own task,    retry timers; fill task for automatic outbound;
+//!       │  bounded)     accept loop per listener
+//!       │                                                                 │
+//!       └─ Connection <── dial task, one per attempt:                     │
+//!                         connect timeout ( [OutboundLimit] ( your stack ) )
+//!
+//!  your stack, e.g. DialStack:  Timeout ─> Socks5 ─> TcpConnector
+//!                               (any tower layer of yours can go in between)
 //! ```
+//!
+//! The manager wraps the stack you give it: automatic dials go through an
+//! [`OutboundLimit`](limit::OutboundLimit) sized to the outbound target,
+//! explicit ones do not, and every attempt runs under the manager's connect
+//! timeout on a task of its own.
 //!
 //! - The **dial stack** is a `tower::Service<SocketAddr>` made of ordinary
 //!   layers, each usable on its own: [`connect::TcpConnector`] (the leaf),
@@ -54,7 +61,7 @@
 //!     .on_disconnection(|ended| println!("{} disconnected", ended.info.addr))
 //!     .start()?;
 //!
-//! let permanent = handle.connect("127.0.0.1:18444".parse()?, true).await?;
+//! let permanent = handle.connect_permanent("127.0.0.1:18444".parse()?).await?;
 //! let snapshot = handle.snapshot().await?;
 //! println!("{} entries, {:?}", snapshot.entries.len(), snapshot.counters);
 //! handle.remove(permanent).await?;

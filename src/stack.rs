@@ -62,7 +62,7 @@ use tower::{
 
 use crate::{
     connect::{ConnectError, TcpConnector},
-    socks::{Socks5, Socks5Error, Socks5Layer},
+    socks::{InvalidCredentials, Socks5, Socks5Error, Socks5Layer},
 };
 
 /// The default connect timeout, as in btcd.
@@ -104,7 +104,30 @@ impl DialStack {
         self.socks5_layer(Socks5Layer::new(proxy))
     }
 
-    /// Dials through a configured SOCKS5 layer (credentials, Tor isolation).
+    /// Dials through the SOCKS5 proxy at `proxy`, authenticating with this
+    /// username and password (RFC 1929).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidCredentials`] when either is empty or longer than 255 bytes.
+    pub fn socks5_with_credentials(
+        self,
+        proxy: SocketAddr,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Result<Self, InvalidCredentials> {
+        let layer = Socks5Layer::new(proxy).credentials(username, password)?;
+        Ok(self.socks5_layer(layer))
+    }
+
+    /// Dials through the Tor SOCKS5 port at `proxy` with stream isolation:
+    /// fresh random credentials on every connection, so that Tor builds a
+    /// separate circuit for each.
+    pub fn socks5_tor_isolation(self, proxy: SocketAddr) -> Self {
+        self.socks5_layer(Socks5Layer::new(proxy).tor_isolation(true))
+    }
+
+    /// Dials through a configured SOCKS5 layer.
     pub fn socks5_layer(mut self, layer: Socks5Layer) -> Self {
         self.socks5 = Some(layer);
         self

@@ -37,7 +37,7 @@ async fn failed_oneshot_never_adds_automatic_slot() {
     );
     let handle = b.start().expect("start");
     let auto = ev.connected.recv().await.expect("automatic connection");
-    let id = handle.connect(down, false).await.expect("one-shot");
+    let id = handle.connect(down).await.expect("one-shot");
     let failure = ev.failed.recv().await.expect("failure reported");
     assert_eq!(failure.info.id, id);
     assert_eq!(failure.info.kind, ConnKind::OneShot);
@@ -77,7 +77,7 @@ async fn dropped_automatic_connection_is_always_replaced() {
     let handle = b.start().expect("start");
     // Explicit connections beyond the target.
     for _ in 0..3 {
-        handle.connect(other.addr, false).await.expect("explicit");
+        handle.connect(other.addr).await.expect("explicit");
     }
     let mut conns = Vec::new();
     for _ in 0..5 {
@@ -128,7 +128,7 @@ async fn accept_then_drop_peer_backs_off() {
             .jitter(0.0),
     );
     let handle = b.start().expect("start");
-    let id = handle.connect(peer, true).await.expect("connect");
+    let id = handle.connect_permanent(peer).await.expect("connect");
     let mut delays = Vec::new();
     for _ in 0..6 {
         let mut conn = ev.connected.recv().await.expect("connected");
@@ -156,7 +156,7 @@ async fn stable_connection_resets_backoff() {
             .jitter(0.0),
     );
     let handle = b.start().expect("start");
-    let id = handle.connect(peer.addr, true).await.expect("connect");
+    let id = handle.connect_permanent(peer.addr).await.expect("connect");
     assert_eq!(delay_after(&mut ev, 0).await, 1);
     assert_eq!(
         delay_after(&mut ev, 10).await,
@@ -191,7 +191,7 @@ async fn manager_side_close_ends_pending_io() {
     let peer = HoldingPeer::start().await;
     let (b, mut ev) = record(ConnManager::builder());
     let handle = b.start().expect("start");
-    let id = handle.connect(peer.addr, false).await.expect("connect");
+    let id = handle.connect(peer.addr).await.expect("connect");
     let mut conn = ev.connected.recv().await.expect("connected");
     let reader = tokio::spawn(async move {
         let mut buf = [0u8; 8];
@@ -220,7 +220,7 @@ async fn typed_errors_for_bad_ids() {
         .retry_base(Duration::from_secs(30))
         .start()
         .expect("start");
-    let id = handle.connect(down, true).await.expect("connect");
+    let id = handle.connect_permanent(down).await.expect("connect");
     until_async("the first dial failed", || async {
         handle.state(id).await == Ok(ConnState::Failing)
     })
@@ -309,11 +309,11 @@ async fn stop_with_dials_in_flight_leaves_nothing_behind() {
         .start()
         .expect("start");
     handle
-        .connect("127.0.0.1:8334".parse().expect("addr"), true)
+        .connect_permanent("127.0.0.1:8334".parse().expect("addr"))
         .await
         .expect("p1");
     handle
-        .connect("127.0.0.1:8335".parse().expect("addr"), false)
+        .connect("127.0.0.1:8335".parse().expect("addr"))
         .await
         .expect("p2");
     until("5 dials reach the silent peer", || silent.accepted() == 5).await;
@@ -346,7 +346,7 @@ async fn stop_and_close_closes_connections() {
     for close in [false, true] {
         let (b, mut ev) = record(ConnManager::builder());
         let handle = b.start().expect("start");
-        handle.connect(peer.addr, true).await.expect("connect");
+        handle.connect_permanent(peer.addr).await.expect("connect");
         let conn = ev.connected.recv().await.expect("connected");
         if close {
             handle.stop_and_close().await;
@@ -425,7 +425,7 @@ async fn connect_timeout_ends_hanging_dials() {
     let start = tokio::time::Instant::now();
     let handle = b.start().expect("start");
     let id = handle
-        .connect("127.0.0.1:8334".parse().expect("addr"), true)
+        .connect_permanent("127.0.0.1:8334".parse().expect("addr"))
         .await
         .expect("connect");
 
@@ -493,7 +493,10 @@ async fn manager_with_host_name_addresses_through_socks5() {
         .start()
         .expect("start");
     let addr = HostPort("localhost".into(), target.port());
-    let id = handle.connect(addr.clone(), true).await.expect("connect");
+    let id = handle
+        .connect_permanent(addr.clone())
+        .await
+        .expect("connect");
     let mut conn = connected.recv().await.expect("connected by name");
     assert_eq!(conn.id(), id);
     assert_eq!(conn.addr(), &addr);
@@ -535,7 +538,7 @@ async fn panics_in_user_code_do_not_stop_the_manager() {
         .start()
         .expect("start");
     let bad = handle
-        .connect("127.0.0.1:9".parse().expect("addr"), false)
+        .connect("127.0.0.1:9".parse().expect("addr"))
         .await
         .expect("connect");
     let failure = failed
@@ -550,8 +553,8 @@ async fn panics_in_user_code_do_not_stop_the_manager() {
     );
 
     // The first connection's callback panics; the second one is delivered.
-    handle.connect(good, false).await.expect("first");
-    handle.connect(good, false).await.expect("second");
+    handle.connect(good).await.expect("first");
+    handle.connect(good).await.expect("second");
     let conn = connected
         .recv()
         .await

@@ -217,7 +217,10 @@ async fn start_stop() {
 
     handle.stop().await;
     handle.stop().await; // a second stop returns at once
-    assert_eq!(handle.connect(peer.addr, true).await, Err(Error::Stopped));
+    assert_eq!(
+        handle.connect_permanent(peer.addr).await,
+        Err(Error::Stopped)
+    );
     assert_eq!(handle.disconnect(id).await, Err(Error::Stopped));
     assert_eq!(handle.remove(id).await, Err(Error::Stopped));
     assert_eq!(handle.state(id).await, Err(Error::Stopped));
@@ -244,7 +247,7 @@ async fn connect_mode() {
     let peer = HoldingPeer::start().await;
     let (b, mut ev) = record(ConnManager::builder().target_outbound(2));
     let handle = b.start().expect("start");
-    let id = handle.connect(peer.addr, true).await.expect("connect");
+    let id = handle.connect_permanent(peer.addr).await.expect("connect");
     let conn = ev.connected.recv().await.expect("connection");
     assert_eq!(conn.id(), id);
     assert_eq!(conn.kind(), ConnKind::Permanent);
@@ -306,8 +309,8 @@ async fn target_outbound_composition() {
                 conns.push(ev.connected.recv().await.expect("automatic"));
             }
         }
-        handle.connect(p1.addr, true).await.expect("p1");
-        handle.connect(p2.addr, true).await.expect("p2");
+        handle.connect_permanent(p1.addr).await.expect("p1");
+        handle.connect_permanent(p2.addr).await.expect("p2");
         while conns.len() < 5 {
             conns.push(ev.connected.recv().await.expect("connection"));
         }
@@ -342,7 +345,7 @@ async fn retry_permanent() {
             .jitter(0.0),
     );
     let handle = b.start().expect("start");
-    let id = handle.connect(peer.addr, true).await.expect("connect");
+    let id = handle.connect_permanent(peer.addr).await.expect("connect");
     let first = ev.connected.recv().await.expect("first connection");
     assert_eq!(first.id(), id);
     assert_eq!(handle.state(id).await, Ok(ConnState::Established));
@@ -388,7 +391,7 @@ async fn max_retry_duration() {
             .jitter(0.0),
     );
     let handle = b.start().expect("start");
-    let id = handle.connect(addr, true).await.expect("connect");
+    let id = handle.connect_permanent(addr).await.expect("connect");
 
     let mut delays = Vec::new();
     for attempt in 1..=6u32 {
@@ -454,7 +457,7 @@ async fn stop_failed() {
     let down = support::refused_addr().await;
     let (b, mut ev) = record(ConnManager::builder().retry_base(Duration::from_secs(1)));
     let handle = b.start().expect("start");
-    handle.connect(down, true).await.expect("connect");
+    handle.connect_permanent(down).await.expect("connect");
     let failure = ev.failed.recv().await.expect("first failure");
     assert!(failure.retry_at.is_some(), "a retry was scheduled");
     handle.stop().await;
@@ -497,7 +500,7 @@ async fn remove_pending_connection() {
         record(ConnManager::with_dialer(hanging_dialer(dropped.clone())).connect_timeout(None));
     let handle = b.start().expect("start");
     let id = handle
-        .connect("127.0.0.1:18555".parse().expect("addr"), true)
+        .connect_permanent("127.0.0.1:18555".parse().expect("addr"))
         .await
         .expect("connect");
     settle().await;
@@ -541,7 +544,7 @@ async fn cancel_ignore_delayed_connection() {
     });
     let (b, mut ev) = record(ConnManager::with_dialer(dialer));
     let handle = b.start().expect("start");
-    let id = handle.connect(peer.addr, false).await.expect("connect");
+    let id = handle.connect(peer.addr).await.expect("connect");
     until("the TCP connection is up", || peer.accepted() == 1).await;
     assert_eq!(handle.state(id).await, Ok(ConnState::Pending));
 
@@ -629,7 +632,7 @@ async fn seeded_jitter_is_reproducible() {
         let (b, mut ev) = record(b);
         let handle = b.start().expect("start");
         let start = tokio::time::Instant::now();
-        handle.connect(down, true).await.expect("connect");
+        handle.connect_permanent(down).await.expect("connect");
         let mut at = Vec::new();
         for _ in 0..4 {
             let f = ev.failed.recv().await.expect("failure");

@@ -1,99 +1,20 @@
-//! Configuration of the manager.
+//! The builder: options, checked into a [`Config`] by `start`.
 
-use std::{
-    error::Error as StdError, fmt, future::Future, net::SocketAddr, pin::Pin, sync::Arc,
-    time::Duration,
-};
+use std::{error::Error as StdError, fmt, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
-};
-use tower::{BoxError, Service};
+use tokio::net::{TcpListener, TcpStream};
+use tower::Service;
 
 use super::{
-    Connection, Disconnected, Handle,
-    actor::{self, FillContext},
-    types::DialFailure,
+    Address, AddressSource, Connection, DialFailure, DialService, Disconnected, Handle, actor,
+    config::*,
+    events::Callbacks,
+    fill::{self, FillTask},
 };
 use crate::{
+    Dialer,
     backoff::{Backoff, DEFAULT_JITTER, InvalidBackoff, JitterRng},
-    stack::{DEFAULT_CONNECT_TIMEOUT, Dialer},
 };
-
-/// Default number of automatic outbound connections.
-pub const DEFAULT_TARGET_OUTBOUND: usize = 8;
-/// Default first retry delay of a permanent peer, and the wait of the failure
-/// throttle.
-pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(5);
-/// Default longest retry delay.
-pub const DEFAULT_RETRY_CAP: Duration = Duration::from_secs(300);
-/// Default number of consecutive failed automatic attempts before the failure
-/// throttle starts.
-pub const DEFAULT_MAX_FAILURES: u32 = 25;
-/// Default time a permanent peer's connection must stay up before its backoff
-/// starts again from the base.
-pub const DEFAULT_STABLE_PERIOD: Duration = Duration::from_secs(60);
-
-/// Where automatic outbound addresses come from (btcd's `GetNewAddress`).
-///
-/// `None` means "no address right now"; it counts as a failed attempt, so an
-/// empty source is asked at most once per retry base once the failure
-/// throttle has started.
-///
-/// Any `FnMut() -> impl Future<Output = Option<A>>` closure is a source.
-/// The manager calls it from its fill task, never from the manager task, so
-/// it may take its time (query an address book, say).
-pub trait AddressSource<A>: Send + 'static {
-    /// The next address to dial.
-    fn next_address(&mut self) -> impl Future<Output = Option<A>> + Send;
-}
-
-impl<A, F, Fut> AddressSource<A> for F
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = Option<A>> + Send,
-{
-    fn next_address(&mut self) -> impl Future<Output = Option<A>> + Send {
-        self()
-    }
-}
-
-/// An address type the manager can work with: cloneable, printable (for
-/// logs and spans) and shareable across tasks. Every such type is one, e.g.
-/// `SocketAddr`, or a host name type for targets reachable only through a
-/// proxy.
-pub trait Address: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static {}
-
-impl<T> Address for T where T: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static {}
-
-/// A dial stack the manager can drive: a cloneable `Service<A>` whose
-/// response is a stream. Every such service is one: the default [`Dialer`],
-/// a [`ServiceBuilder`](tower::ServiceBuilder) stack, a `service_fn`.
-pub trait DialService<A>:
-    Service<
-        A,
-        Response: AsyncRead + AsyncWrite + Send + 'static,
-        Error: Into<BoxError>,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<A, S> DialService<A> for S
-where
-    S: Service<A> + Clone + Send + 'static,
-    S::Response: AsyncRead + AsyncWrite + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-}
-
-pub(crate) type Callback<T> = Arc<dyn Fn(T) + Send + Sync>;
-pub(crate) type Filler<A, D> =
-    Box<dyn FnOnce(FillContext<A, D>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// Configures and starts a connection manager.
 ///
@@ -102,22 +23,21 @@ pub(crate) type Filler<A, D> =
 /// any address type). Every option has a default; [`start`](Self::start)
 /// checks them and spawns the manager.
 pub struct Builder<A, D: Service<A>> {
-    pub(crate) dialer: D,
-    pub(crate) target_outbound: usize,
-    pub(crate) retry_base: Duration,
-    pub(crate) retry_cap: Duration,
-    pub(crate) jitter: f64,
-    pub(crate) rng: Option<JitterRng>,
-    pub(crate) stable_period: Duration,
-    pub(crate) max_failures: u32,
-    pub(crate) connect_timeout: Option<Duration>,
-    pub(crate) filler: Option<Filler<A, D>>,
-    pub(crate) listeners: Vec<TcpListener>,
-    pub(crate) max_inbound: Option<usize>,
-    pub(crate) on_accept: Option<Callback<Connection<TcpStream, SocketAddr>>>,
-    pub(crate) on_connection: Option<Callback<Connection<<D as Service<A>>::Response, A>>>,
-    pub(crate) on_disconnection: Option<Callback<Disconnected<A>>>,
-    pub(crate) on_dial_failure: Option<Callback<DialFailure<A>>>,
+    dialer: D,
+    target_outbound: usize,
+    retry_base: Duration,
+    retry_cap: Duration,
+    jitter: f64,
+    rng: Option<JitterRng>,
+    stable_period: Duration,
+    max_failures: u32,
+    connect_timeout: Option<Duration>,
+    fill: Option<FillTask<A, D>>,
+    listeners: Vec<TcpListener>,
+    max_inbound: Option<usize>,
+    callback_queue: usize,
+    stop_grace: Duration,
+    callbacks: Callbacks<D::Response, A>,
 }
 
 impl<A, D: Service<A>> fmt::Debug for Builder<A, D> {
@@ -130,15 +50,18 @@ impl<A, D: Service<A>> fmt::Debug for Builder<A, D> {
             .field("stable_period", &self.stable_period)
             .field("max_failures", &self.max_failures)
             .field("connect_timeout", &self.connect_timeout)
-            .field("address_source", &self.filler.is_some())
+            .field("address_source", &self.fill.is_some())
             .field("listeners", &self.listeners.len())
             .field("max_inbound", &self.max_inbound)
+            .field("callback_queue", &self.callback_queue)
+            .field("stop_grace", &self.stop_grace)
             .finish_non_exhaustive()
     }
 }
 
 impl Builder<SocketAddr, Dialer> {
     pub(crate) fn default_stack() -> Self {
+        // The manager times each dial out itself.
         Self::new(crate::DialStack::new().timeout(None).build())
     }
 }
@@ -163,13 +86,12 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             stable_period: DEFAULT_STABLE_PERIOD,
             max_failures: DEFAULT_MAX_FAILURES,
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
-            filler: None,
+            fill: None,
             listeners: Vec::new(),
-            max_inbound: None,
-            on_accept: None,
-            on_connection: None,
-            on_disconnection: None,
-            on_dial_failure: None,
+            max_inbound: Some(DEFAULT_MAX_INBOUND),
+            callback_queue: DEFAULT_CALLBACK_QUEUE,
+            stop_grace: DEFAULT_STOP_GRACE,
+            callbacks: Callbacks::default(),
         }
     }
 
@@ -223,7 +145,9 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         self
     }
 
-    /// The time limit of each dial; `None` for none. Default is 30 seconds.
+    /// The time limit of each dial attempt, run with the dial; `None` for
+    /// none. `Some(Duration::ZERO)` is a [`ConfigError`]. Default is 30
+    /// seconds.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
         self
@@ -232,7 +156,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     /// Where automatic outbound addresses come from. Without a source the
     /// manager makes no automatic connections (btcd's connect mode).
     pub fn address_source<S: AddressSource<A>>(mut self, source: S) -> Self {
-        self.filler = Some(Box::new(move |ctx| Box::pin(actor::fill(ctx, source))));
+        self.fill = Some(fill::task(source));
         self
     }
 
@@ -244,10 +168,29 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     }
 
     /// The most inbound connections open at once; `Some(0)` rejects every
-    /// one. A rejected socket is closed at once and counted. Default is
-    /// `None` (no limit).
+    /// one, `None` sets no limit. A rejected socket is closed at once and
+    /// counted. Default is 117 ([`DEFAULT_MAX_INBOUND`]: Bitcoin Core's 125
+    /// connections less the default outbound target).
     pub fn max_inbound(mut self, max: Option<usize>) -> Self {
         self.max_inbound = max;
+        self
+    }
+
+    /// The capacity of the queue of events to the callbacks. When it is
+    /// full, the manager starts no new automatic dial and accepts no
+    /// connection until the callbacks catch up; nothing is dropped. `0` is a
+    /// [`ConfigError`]. Default is 1024.
+    pub fn callback_queue(mut self, capacity: usize) -> Self {
+        self.callback_queue = capacity;
+        self
+    }
+
+    /// How long [`stop`](super::Handle::stop) waits for the callbacks to run
+    /// what is queued. After it, queued events are dropped (their
+    /// connections closed), a callback still running is abandoned, and stop
+    /// returns. Default is 5 seconds.
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
         self
     }
 
@@ -256,7 +199,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     where
         F: Fn(Connection<TcpStream, SocketAddr>) + Send + Sync + 'static,
     {
-        self.on_accept = Some(Arc::new(f));
+        self.callbacks.on_accept = Some(Arc::new(f));
         self
     }
 
@@ -270,7 +213,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     where
         F: Fn(Connection<D::Response, A>) + Send + Sync + 'static,
     {
-        self.on_connection = Some(Arc::new(f));
+        self.callbacks.on_connection = Some(Arc::new(f));
         self
     }
 
@@ -282,7 +225,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     where
         F: Fn(Disconnected<A>) + Send + Sync + 'static,
     {
-        self.on_disconnection = Some(Arc::new(f));
+        self.callbacks.on_disconnection = Some(Arc::new(f));
         self
     }
 
@@ -292,7 +235,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     where
         F: Fn(DialFailure<A>) + Send + Sync + 'static,
     {
-        self.on_dial_failure = Some(Arc::new(f));
+        self.callbacks.on_dial_failure = Some(Arc::new(f));
         self
     }
 
@@ -304,28 +247,53 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for an invalid retry schedule, listeners without
-    /// `on_accept`, a target beyond what a semaphore holds, or no runtime.
+    /// [`ConfigError`] for an invalid option (checked first), or when called
+    /// outside a tokio runtime.
     pub fn start(self) -> Result<Handle<A>, ConfigError> {
+        let config = self.build()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        Ok(actor::spawn(config, &runtime))
+    }
+
+    fn build(self) -> Result<Config<A, D>, ConfigError> {
         let mut backoff = Backoff::new(self.retry_base, self.retry_cap)
             .and_then(|b| b.with_jitter(self.jitter))
             .map_err(ConfigError::Backoff)?;
-        if let Some(rng) = &self.rng {
-            backoff = backoff.with_rng(rng.clone());
+        if let Some(rng) = self.rng {
+            backoff = backoff.with_rng(rng);
         }
-        if self.target_outbound > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError::TargetTooLarge(self.target_outbound));
-        }
-        if let Some(max) = self.max_inbound {
-            if max > tokio::sync::Semaphore::MAX_PERMITS {
-                return Err(ConfigError::TargetTooLarge(max));
+        let max = tokio::sync::Semaphore::MAX_PERMITS;
+        for limit in [Some(self.target_outbound), self.max_inbound]
+            .into_iter()
+            .flatten()
+        {
+            if limit > max {
+                return Err(ConfigError::TargetTooLarge(limit));
             }
         }
-        if !self.listeners.is_empty() && self.on_accept.is_none() {
+        if self.connect_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroConnectTimeout);
+        }
+        if self.callback_queue == 0 {
+            return Err(ConfigError::ZeroCallbackQueue);
+        }
+        if !self.listeners.is_empty() && self.callbacks.on_accept.is_none() {
             return Err(ConfigError::ListenersWithoutOnAccept);
         }
-        Ok(actor::spawn(self, backoff, &runtime))
+        Ok(Config {
+            dialer: self.dialer,
+            target_outbound: self.target_outbound,
+            backoff,
+            stable_period: self.stable_period,
+            max_failures: self.max_failures,
+            connect_timeout: self.connect_timeout,
+            fill: self.fill,
+            listeners: self.listeners,
+            max_inbound: self.max_inbound,
+            callback_queue: self.callback_queue,
+            stop_grace: self.stop_grace,
+            callbacks: self.callbacks,
+        })
     }
 }
 
@@ -341,6 +309,11 @@ pub enum ConfigError {
     /// The outbound target or inbound limit is larger than a semaphore can
     /// count.
     TargetTooLarge(usize),
+    /// The connect timeout is zero: every dial would fail. Use `None` for no
+    /// timeout.
+    ZeroConnectTimeout,
+    /// The callback queue has no room.
+    ZeroCallbackQueue,
     /// `start` was called outside a tokio runtime.
     NoRuntime,
 }
@@ -353,6 +326,8 @@ impl fmt::Display for ConfigError {
                 f.pad("listeners were given without an on_accept callback")
             }
             Self::TargetTooLarge(n) => write!(f, "limit {n} is too large"),
+            Self::ZeroConnectTimeout => f.pad("the connect timeout must be greater than zero"),
+            Self::ZeroCallbackQueue => f.pad("the callback queue must hold at least one event"),
             Self::NoRuntime => f.pad("start must be called from within a tokio runtime"),
         }
     }

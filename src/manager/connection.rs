@@ -18,7 +18,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, mpsc},
 };
 
-use super::{ConnId, ConnKind, Direction};
+use super::{ConnId, ConnKind, Direction, message::Dropped};
 
 /// What identifies a connection or request: its id, address and kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,7 +113,7 @@ pub struct Connection<IO, A = SocketAddr> {
     io: IO,
     info: ConnInfo<A>,
     control: Arc<Control>,
-    dropped: Option<mpsc::UnboundedSender<ConnId>>,
+    dropped: Option<mpsc::UnboundedSender<Dropped>>,
 }
 
 impl<IO, A> Connection<IO, A> {
@@ -121,7 +121,7 @@ impl<IO, A> Connection<IO, A> {
         io: IO,
         info: ConnInfo<A>,
         control: Arc<Control>,
-        dropped: Option<mpsc::UnboundedSender<ConnId>>,
+        dropped: Option<mpsc::UnboundedSender<Dropped>>,
     ) -> Self {
         Self {
             io,
@@ -195,7 +195,10 @@ impl<IO, A> PinnedDrop for Connection<IO, A> {
         if let Some(tx) = this.dropped.take() {
             if !this.control.is_closed() {
                 // The manager may be gone already; then nobody needs to know.
-                let _ = tx.send(this.info.id);
+                let _ = tx.send(Dropped {
+                    id: this.info.id,
+                    control: this.control.clone(),
+                });
             }
         }
     }

@@ -5,8 +5,7 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    ConnId, ConnState, Counters, Error, Snapshot,
-    actor::{Command, Shared},
+    ConnId, ConnKind, ConnState, Counters, Error, Snapshot, counters::Shared, message::Command,
 };
 
 /// Talks to a running manager. Cheap to clone; every clone talks to the same
@@ -14,10 +13,12 @@ use super::{
 ///
 /// Every method returns [`Error::Stopped`] once the manager has stopped, and
 /// none of them waits for a dial. When the last handle is dropped, the
-/// manager stops as with [`stop`](Self::stop).
+/// manager stops as with [`stop`](Self::stop). Code that the manager itself
+/// runs (callbacks, the address source) should hold a [`WeakHandle`]
+/// instead, or the manager keeps itself alive.
 pub struct Handle<A = SocketAddr> {
-    pub(crate) tx: mpsc::Sender<Command<A>>,
-    pub(crate) shared: Arc<Shared>,
+    tx: mpsc::Sender<Command<A>>,
+    shared: Arc<Shared>,
 }
 
 impl<A> Clone for Handle<A> {
@@ -38,6 +39,18 @@ impl<A> fmt::Debug for Handle<A> {
 }
 
 impl<A> Handle<A> {
+    pub(crate) fn new(tx: mpsc::Sender<Command<A>>, shared: Arc<Shared>) -> Self {
+        Self { tx, shared }
+    }
+
+    /// A handle that does not keep the manager running. See [`WeakHandle`].
+    pub fn downgrade(&self) -> WeakHandle<A> {
+        WeakHandle {
+            tx: self.tx.downgrade(),
+            shared: self.shared.clone(),
+        }
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command<A>,
@@ -50,20 +63,25 @@ impl<A> Handle<A> {
         rx.await.map_err(|_| Error::Stopped)
     }
 
-    /// Asks for a connection to `addr`, in addition to the automatic ones,
-    /// and returns its id at once; the dial runs in the background and its
-    /// outcome reaches `on_connection` or `on_dial_failure`.
-    ///
-    /// A `permanent` request is retried on failure and reconnected on
+    /// Asks for a one-shot connection to `addr`, in addition to the
+    /// automatic ones, and returns its id at once. The dial runs in the
+    /// background and its outcome reaches `on_connection` or
+    /// `on_dial_failure`. The request ends at its first failure or
+    /// disconnect.
+    pub async fn connect(&self, addr: A) -> Result<ConnId, Error> {
+        self.request(addr, ConnKind::OneShot).await
+    }
+
+    /// Asks for a permanent connection to `addr`: like
+    /// [`connect`](Self::connect), but retried on failure and reconnected on
     /// disconnect, with exponential backoff, until [`remove`](Self::remove)d.
-    /// A one-shot request ends at its first failure or disconnect.
-    pub async fn connect(&self, addr: A, permanent: bool) -> Result<ConnId, Error> {
-        self.ask(|reply| Command::Connect {
-            addr,
-            permanent,
-            reply,
-        })
-        .await
+    pub async fn connect_permanent(&self, addr: A) -> Result<ConnId, Error> {
+        self.request(addr, ConnKind::Permanent).await
+    }
+
+    async fn request(&self, addr: A, kind: ConnKind) -> Result<ConnId, Error> {
+        self.ask(|reply| Command::Connect { addr, kind, reply })
+            .await
     }
 
     /// Closes an established connection from the manager's side. A permanent
@@ -142,5 +160,61 @@ impl<A> Handle<A> {
         }
         // The manager drops its receiver as the very last thing it does.
         self.tx.closed().await;
+    }
+}
+
+/// A handle that does not keep the manager running, as tokio's
+/// [`WeakSender`](mpsc::WeakSender) does not keep a channel open.
+///
+/// Give one to code the manager runs itself: a callback or an address
+/// source that holds a [`Handle`] keeps the manager alive after the
+/// application dropped its own handles.
+///
+/// ```no_run
+/// # use connmgr::manager::ConnManager;
+/// # fn f() -> Result<(), connmgr::manager::ConfigError> {
+/// # let handle = ConnManager::builder().start()?;
+/// let weak = handle.downgrade();
+/// // ... .on_disconnection(move |ended| {
+/// if let Some(handle) = weak.upgrade() {
+///     // the manager still runs
+/// #   drop(handle);
+/// }
+/// // })
+/// # Ok(()) }
+/// ```
+pub struct WeakHandle<A = SocketAddr> {
+    tx: mpsc::WeakSender<Command<A>>,
+    shared: Arc<Shared>,
+}
+
+impl<A> WeakHandle<A> {
+    /// A [`Handle`], unless every handle is gone or the manager stopped.
+    pub fn upgrade(&self) -> Option<Handle<A>> {
+        let tx = self.tx.upgrade()?;
+        Some(Handle {
+            tx,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// The counters, as [`Handle::counters`].
+    pub fn counters(&self) -> Counters {
+        self.shared.counters()
+    }
+}
+
+impl<A> Clone for WeakHandle<A> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<A> fmt::Debug for WeakHandle<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakHandle").finish_non_exhaustive()
     }
 }

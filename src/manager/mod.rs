@@ -64,29 +64,43 @@
 //!         });
 //!     })
 //!     .start()?;
-//! let id = handle.connect("127.0.0.1:18333".parse()?, true).await?;
+//! let id = handle.connect_permanent("127.0.0.1:18333".parse()?).await?;
 //! println!("{:?}", handle.state(id).await?);
 //! handle.stop().await;
 //! # Ok(())
 //! # }
 //! ```
 
+mod accept;
 mod actor;
 mod builder;
+mod config;
 mod connection;
+mod counters;
+mod dial;
+mod events;
+mod fill;
 mod handle;
+mod message;
+mod traits;
 mod types;
 
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use self::counters::names as metric_names;
 pub use self::{
-    builder::{
-        Address, AddressSource, Builder, ConfigError, DEFAULT_MAX_FAILURES, DEFAULT_RETRY_BASE,
-        DEFAULT_RETRY_CAP, DEFAULT_STABLE_PERIOD, DEFAULT_TARGET_OUTBOUND, DialService,
+    builder::{Builder, ConfigError},
+    config::{
+        DEFAULT_CALLBACK_QUEUE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FAILURES, DEFAULT_MAX_INBOUND,
+        DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_STABLE_PERIOD, DEFAULT_STOP_GRACE,
+        DEFAULT_TARGET_OUTBOUND,
     },
     connection::{ConnInfo, Connection},
-    handle::Handle,
+    handle::{Handle, WeakHandle},
+    traits::{Address, AddressSource, DialService},
     types::{
-        ConnId, ConnKind, ConnState, Counters, DialFailure, Direction, Disconnected, Entry, Error,
-        Snapshot,
+        ConnId, ConnKind, ConnState, Counters, DialFailure, Direction, DisconnectReason,
+        Disconnected, Entry, Error, Panicked, Snapshot,
     },
 };
 

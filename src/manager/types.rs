@@ -77,11 +77,12 @@ pub enum ConnKind {
     /// Dialed by the fill loop to keep the outbound target; its address came
     /// from the address source.
     Automatic,
-    /// Asked for with [`Handle::connect`](super::Handle::connect) and
-    /// `permanent = true`: retried and reconnected until removed.
+    /// Asked for with
+    /// [`Handle::connect_permanent`](super::Handle::connect_permanent):
+    /// retried and reconnected until removed.
     Permanent,
-    /// Asked for with [`Handle::connect`](super::Handle::connect) and
-    /// `permanent = false`: one dial, no retry.
+    /// Asked for with [`Handle::connect`](super::Handle::connect): one dial,
+    /// no retry.
     OneShot,
     /// Accepted on a listener.
     Inbound,
@@ -141,21 +142,36 @@ impl<A> Entry<A> {
 }
 
 /// The manager's counters, all since it started.
+///
+/// Each dial is counted once, when it ends: once every dial has ended,
+/// `dials == established + failures + canceled`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Counters {
     /// Dials started.
     pub dials: u64,
-    /// Dials that failed (timeouts included).
+    /// Dials that failed: errors, timeouts and panics of the dial stack.
     pub failures: u64,
-    /// Outbound connections established.
+    /// Outbound connections delivered to the application (to
+    /// `on_connection`, or dropped there when it is not set). A connection
+    /// that arrives after its request was removed, or after stop, is closed
+    /// and counted in `canceled` instead.
     pub established: u64,
+    /// Dials ended by [`remove`](super::Handle::remove) or stop, including
+    /// ones whose connection arrived too late to be delivered.
+    pub canceled: u64,
     /// Times the fill loop waited the retry base because of the failure
     /// throttle.
     pub throttled: u64,
+    /// Times the address source had no address (each counts as a failed
+    /// automatic attempt for the throttle).
+    pub no_address: u64,
     /// Consecutive failed automatic attempts right now (reset by any
     /// successful connection).
     pub consecutive_failures: u64,
+    /// Panics caught in user code: the address source, the dial stack and
+    /// the callbacks. Each is also logged at error level.
+    pub panics: u64,
     /// Inbound connections accepted and handed to `on_accept`.
     pub inbound_accepted: u64,
     /// Inbound connections rejected by the inbound limit.
@@ -198,27 +214,82 @@ impl<A> Snapshot<A> {
 
 /// A failed dial, as reported to `on_dial_failure`.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct DialFailure<A = SocketAddr> {
     /// The request.
     pub info: ConnInfo<A>,
     /// Which attempt of this request failed (1 for the first).
     pub attempt: u32,
-    /// Why. Timeouts are [`tower::timeout::error::Elapsed`].
+    /// When this attempt started.
+    pub started: Instant,
+    /// Why. Timeouts are [`tower::timeout::error::Elapsed`], a panicking
+    /// dial stack is [`Panicked`].
     pub error: BoxError,
     /// When the next attempt is due, for a permanent request; `None` when the
     /// request ended with this failure.
     pub retry_at: Option<Instant>,
 }
 
+/// Why an established connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// Its owner dropped the [`Connection`](super::Connection).
+    Dropped,
+    /// [`Handle::disconnect`](super::Handle::disconnect) closed it.
+    Disconnect,
+    /// [`Handle::remove`](super::Handle::remove) closed it.
+    Remove,
+    /// [`Handle::stop_and_close`](super::Handle::stop_and_close) closed it.
+    Stop,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Dropped => "dropped by its owner",
+            Self::Disconnect => "disconnected",
+            Self::Remove => "removed",
+            Self::Stop => "closed by stop",
+        })
+    }
+}
+
 /// An established connection that ended, as reported to `on_disconnection`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Disconnected<A = SocketAddr> {
     /// The request.
     pub info: ConnInfo<A>,
+    /// Why it ended.
+    pub reason: DisconnectReason,
     /// When the reconnect is due, for a permanent request that was not
     /// removed; `None` when the request ended.
     pub reconnect_at: Option<Instant>,
 }
+
+/// The error of an attempt whose user code panicked: the dial stack's
+/// `poll_ready`, `call` or future, or the address source.
+///
+/// The panic is caught; the attempt fails with this error, is counted in
+/// [`Counters::panics`] and logged at error level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Panicked(pub(crate) &'static str);
+
+impl Panicked {
+    /// What panicked, e.g. `"dial future"`.
+    pub fn what(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} panicked", self.0)
+    }
+}
+
+impl StdError for Panicked {}
 
 /// Errors from a [`Handle`](super::Handle).
 #[derive(Debug, Clone, PartialEq, Eq)]

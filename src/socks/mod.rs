@@ -51,13 +51,9 @@ pub use tokio_socks::{IntoTargetAddr, TargetAddr};
 use std::{
     fmt,
     future::Future,
-    hash::{BuildHasher, Hasher},
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -223,12 +219,33 @@ where
                 let target = target.into_target_addr().map_err(|e| {
                     Socks5Error::new(Socks5ErrorKind::InvalidTarget, proxy, Some(e.into()))
                 })?;
+                check_target(&target, proxy)?;
                 let io = connecting.await.map_err(|e| {
                     Socks5Error::new(Socks5ErrorKind::ProxyUnreachable, proxy, Some(e.into()))
                 })?;
                 handshake(io, target, &config).await
             }),
         }
+    }
+}
+
+/// A SOCKS5 request carries a domain name in 1 to 255 bytes; anything else
+/// would go on the wire corrupt (tokio-socks does not check), so it fails
+/// here, before the proxy is dialed.
+fn check_target(target: &TargetAddr<'_>, proxy: SocketAddr) -> Result<(), Socks5Error> {
+    match target {
+        TargetAddr::Domain(name, _) if name.is_empty() || name.len() > 255 => {
+            let why = format!(
+                "domain name of {} bytes; SOCKS5 allows 1 to 255",
+                name.len()
+            );
+            Err(Socks5Error::new(
+                Socks5ErrorKind::InvalidTarget,
+                proxy,
+                Some(why.into()),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -263,13 +280,9 @@ where
 }
 
 /// Fresh credentials for Tor stream isolation: 16 random hex digits each.
+/// They only need to differ between connections, not to be secret.
 fn isolation_credentials() -> (String, String) {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::hash::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let a = hasher.finish();
-    hasher.write_u64(a);
-    let b = hasher.finish();
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
     (format!("{a:016x}"), format!("{b:016x}"))
 }
 

@@ -1,0 +1,374 @@
+//! The manager task: the one owner of the state map.
+//!
+//! Everything that changes the map arrives as a message, and each kind has
+//! one synchronous handler: commands from [`Handle`]s ([`Actor::on_command`]),
+//! automatic dials from the fill task ([`Actor::on_auto_dial`]), the one
+//! result of each dial attempt ([`Actor::on_dialed`]), connections dropped by
+//! their owners ([`Actor::on_dropped`]) and due retries
+//! ([`Actor::on_retry_due`]). User code never runs here.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    future::poll_fn,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::{AbortHandle, JoinHandle, JoinSet},
+    time::Instant,
+};
+use tokio_util::{
+    task::TaskTracker,
+    time::{DelayQueue, delay_queue},
+};
+use tower::Service;
+use tracing::Span;
+
+use super::{
+    Address, ConnId, ConnInfo, ConnState, DialService, DisconnectReason, Entry, Error, Handle,
+    Snapshot, accept,
+    config::Config,
+    connection::Control,
+    counters::Shared,
+    events::{self, Outbox},
+    fill::{AutoFuture, Fill},
+    message::{AutoDial, Command, Dialed, Dropped},
+};
+use crate::backoff::Backoff;
+
+mod lifecycle;
+
+/// How many ended requests `state` still knows about.
+const TOMBSTONES: usize = 1024;
+
+/// How many queued messages of one kind the manager takes at once.
+pub(crate) const BATCH: usize = 64;
+
+/// The longest retry delay the manager schedules: the timer wheel's range
+/// is about two years.
+const LONGEST_DELAY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// One request of the state map.
+struct Slot<A> {
+    info: ConnInfo<A>,
+    state: ConnState,
+    attempts: u32,
+    /// Backoff step of a permanent request.
+    retries: u32,
+    /// When the dial in flight started.
+    started: Instant,
+    dial: Option<AbortHandle>,
+    next_attempt: Option<(Instant, delay_queue::Key)>,
+    since: Option<Instant>,
+    control: Option<Arc<Control>>,
+    span: Span,
+}
+
+/// Which events someone listens to.
+#[derive(Clone, Copy)]
+struct Wants {
+    connections: bool,
+    disconnections: bool,
+    failures: bool,
+}
+
+pub(crate) struct Actor<A, D: Service<A>> {
+    dialer: D,
+    backoff: Backoff,
+    stable_period: Duration,
+    connect_timeout: Option<Duration>,
+    stop_grace: Duration,
+    wants: Wants,
+    shared: Arc<Shared>,
+    slots: BTreeMap<ConnId, Slot<A>>,
+    retries: DelayQueue<ConnId>,
+    ended: VecDeque<(ConnId, ConnState)>,
+    commands: mpsc::Receiver<Command<A>>,
+    /// From the fill task; `None` without one.
+    auto: Option<mpsc::Receiver<AutoDial<A, AutoFuture<A, D>>>>,
+    // Bounded by the live requests: one result per dial in flight.
+    results_tx: mpsc::UnboundedSender<Dialed<D::Response>>,
+    results: mpsc::UnboundedReceiver<Dialed<D::Response>>,
+    // Bounded by the live requests: one notice per established connection.
+    dropped_tx: mpsc::UnboundedSender<Dropped>,
+    dropped: mpsc::UnboundedReceiver<Dropped>,
+    outbox: Outbox<D::Response, A>,
+    /// Every dial task, so that stop can wait for the aborted ones.
+    dials: TaskTracker,
+    /// The fill task and the accept loops.
+    tasks: JoinSet<()>,
+    callbacks: JoinHandle<()>,
+    /// Set when stop's grace period is over: no callback starts after it.
+    abandoned: Arc<AtomicBool>,
+}
+
+/// Starts the manager's tasks on `rt` and returns the first handle.
+pub(crate) fn spawn<A: Address, D: DialService<A>>(
+    config: Config<A, D>,
+    rt: &tokio::runtime::Handle,
+) -> Handle<A> {
+    let shared = Arc::new(Shared::new());
+    let (commands_tx, commands) = mpsc::channel(BATCH);
+    let (events_tx, events) = mpsc::channel(config.callback_queue);
+    let wants = Wants {
+        connections: config.callbacks.on_connection.is_some(),
+        disconnections: config.callbacks.on_disconnection.is_some(),
+        failures: config.callbacks.on_dial_failure.is_some(),
+    };
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let callbacks = rt.spawn(events::run(
+        events,
+        config.callbacks,
+        shared.clone(),
+        abandoned.clone(),
+    ));
+
+    let mut tasks = JoinSet::new();
+    let mut auto = None;
+    if let Some(fill) = config.fill.filter(|_| config.target_outbound > 0) {
+        let (tx, rx) = mpsc::channel(BATCH);
+        auto = Some(rx);
+        tasks.spawn_on(
+            fill(Fill {
+                dialer: config.dialer.clone(),
+                permits: Arc::new(Semaphore::new(config.target_outbound)),
+                tx,
+                shared: shared.clone(),
+                retry_base: config.backoff.base(),
+                max_failures: config.max_failures,
+            }),
+            rt,
+        );
+    }
+    let inbound = config.max_inbound.map(|n| Arc::new(Semaphore::new(n)));
+    for listener in config.listeners {
+        let task = accept::run(listener, inbound.clone(), shared.clone(), events_tx.clone());
+        tasks.spawn_on(task, rt);
+    }
+
+    let (results_tx, results) = mpsc::unbounded_channel();
+    let (dropped_tx, dropped) = mpsc::unbounded_channel();
+    let actor = Actor {
+        dialer: config.dialer,
+        backoff: config.backoff,
+        stable_period: config.stable_period,
+        connect_timeout: config.connect_timeout,
+        stop_grace: config.stop_grace,
+        wants,
+        shared: shared.clone(),
+        slots: BTreeMap::new(),
+        retries: DelayQueue::new(),
+        ended: VecDeque::with_capacity(TOMBSTONES),
+        commands,
+        auto,
+        results_tx,
+        results,
+        dropped_tx,
+        dropped,
+        outbox: Outbox::new(events_tx),
+        dials: TaskTracker::new(),
+        tasks,
+        callbacks,
+        abandoned,
+    };
+    rt.spawn(actor.run());
+    Handle::new(commands_tx, shared)
+}
+
+impl<A: Address, D: DialService<A>> Actor<A, D> {
+    pub(crate) async fn run(mut self) {
+        tracing::debug!("connection manager started");
+        let (mut commands, mut results, mut dropped, mut autos) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let stop = 'run: loop {
+            let behind = self.outbox.is_behind();
+            tokio::select! {
+                biased;
+                n = self.commands.recv_many(&mut commands, BATCH) => {
+                    if n == 0 {
+                        // Every handle is gone.
+                        break 'run None;
+                    }
+                    for cmd in commands.drain(..) {
+                        match cmd {
+                            Command::Stop { close, reply } => break 'run Some((close, reply)),
+                            cmd => self.on_command(cmd),
+                        }
+                    }
+                }
+                _ = self.dropped.recv_many(&mut dropped, BATCH) => {
+                    dropped.drain(..).for_each(|d| self.on_dropped(d));
+                }
+                _ = self.results.recv_many(&mut results, BATCH) => {
+                    results.drain(..).for_each(|r| self.on_dialed(r));
+                }
+                Some(expired) = poll_fn(|cx| self.retries.poll_expired(cx)),
+                    if !self.retries.is_empty() =>
+                {
+                    self.on_retry_due(expired.into_inner());
+                }
+                () = self.outbox.room(), if behind => self.outbox.flush(),
+                // No new automatic dial while the callbacks are behind.
+                n = recv_many(&mut self.auto, &mut autos), if !behind => {
+                    if n == 0 {
+                        self.auto = None;
+                    }
+                    autos.drain(..).for_each(|d| self.on_auto_dial(d));
+                }
+            }
+        };
+        let (close, reply) = stop.unzip();
+        self.stop(close.unwrap_or(false)).await;
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+    }
+
+    // ===== commands =====
+
+    fn on_command(&mut self, cmd: Command<A>) {
+        match cmd {
+            Command::Connect { addr, kind, reply } => {
+                let id = self.shared.next_id();
+                let slot = self.insert(id, addr, kind);
+                tracing::debug!(parent: &slot.span, %kind, "connection requested");
+                self.start_dial(id);
+                let _ = reply.send(id);
+            }
+            Command::Disconnect { id, reply } => {
+                let result = match self.slots.get(&id) {
+                    None => Err(Error::UnknownId(id)),
+                    Some(s) if s.state != ConnState::Established => {
+                        Err(Error::NotEstablished(id, s.state))
+                    }
+                    Some(_) => {
+                        self.connection_ended(id, DisconnectReason::Disconnect);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Remove { id, reply } => {
+                let _ = reply.send(self.remove(id));
+            }
+            Command::State { id, reply } => {
+                let state = match self.slots.get(&id) {
+                    Some(s) => Ok(s.state),
+                    None => self
+                        .ended
+                        .iter()
+                        .rev()
+                        .find(|(e, _)| *e == id)
+                        .map(|&(_, state)| state)
+                        .ok_or(Error::UnknownId(id)),
+                };
+                let _ = reply.send(state);
+            }
+            Command::Snapshot { reply } => {
+                let entries = self.slots.values().map(Slot::entry).collect();
+                let counters = self.shared.counters();
+                let _ = reply.send(Snapshot { entries, counters });
+            }
+            // `run` handles Stop itself.
+            Command::Stop { .. } => {}
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) -> Result<(), Error> {
+        let slot = self.slots.get_mut(&id).ok_or(Error::UnknownId(id))?;
+        if slot.state == ConnState::Established {
+            self.connection_ended(id, DisconnectReason::Remove);
+            return Ok(());
+        }
+        if let Some(dial) = slot.dial.take() {
+            dial.abort();
+            self.shared.dial_canceled();
+        }
+        tracing::debug!(parent: &slot.span, "request removed");
+        self.end(id, ConnState::Canceled);
+        Ok(())
+    }
+
+    // ===== stop =====
+
+    /// Stops every task of the manager, in an order that leaves nothing
+    /// behind: listeners and the fill task, then the dials (a connection
+    /// that arrives now is dropped, closed), then (when asked) the
+    /// established connections, and last the callbacks, which get the grace
+    /// period to run what is queued.
+    async fn stop(mut self, close: bool) {
+        self.tasks.shutdown().await;
+        self.auto = None;
+        for slot in self.slots.values_mut() {
+            if let Some(dial) = slot.dial.take() {
+                dial.abort();
+                self.shared.dial_canceled();
+            }
+        }
+        self.dials.close();
+        self.dials.wait().await;
+        // Closing only now: the owners' tasks wake up to drop their
+        // connections, and stop need not wait behind that work.
+        if close {
+            let established: Vec<ConnId> = self
+                .slots
+                .values()
+                .filter(|s| s.state == ConnState::Established)
+                .map(|s| s.info.id)
+                .collect();
+            for id in established {
+                self.connection_ended(id, DisconnectReason::Stop);
+            }
+        }
+        let deadline = Instant::now() + self.stop_grace;
+        let Self {
+            commands,
+            outbox,
+            callbacks,
+            abandoned,
+            slots,
+            results,
+            ..
+        } = self;
+        // Connections that arrived after the stop are dropped, closed.
+        drop((slots, results));
+        outbox.close(deadline).await;
+        let mut callbacks = callbacks;
+        if tokio::time::timeout_at(deadline, &mut callbacks)
+            .await
+            .is_err()
+        {
+            tracing::warn!("callbacks still busy after the stop grace period; abandoned");
+            abandoned.store(true, Ordering::Release);
+            callbacks.abort();
+        }
+        tracing::debug!("connection manager stopped");
+        // Dropped last: `Handle::stop` and `is_stopped` wait for that.
+        drop(commands);
+    }
+}
+
+impl<A: Clone> Slot<A> {
+    fn entry(&self) -> Entry<A> {
+        Entry {
+            info: self.info.clone(),
+            state: self.state,
+            attempts: self.attempts,
+            next_attempt: self.next_attempt.map(|(at, _)| at),
+            connected_since: self.since,
+        }
+    }
+}
+
+/// `recv_many` on a channel that may be gone: pending for ever then.
+async fn recv_many<T>(rx: &mut Option<mpsc::Receiver<T>>, buf: &mut Vec<T>) -> usize {
+    match rx {
+        Some(rx) => rx.recv_many(buf, BATCH).await,
+        None => std::future::pending().await,
+    }
+}

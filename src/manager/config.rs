@@ -1,0 +1,49 @@
+//! The manager's validated configuration and its defaults.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tower::Service;
+
+use super::{events::Callbacks, fill::FillTask};
+use crate::backoff::Backoff;
+
+/// Default number of automatic outbound connections.
+pub const DEFAULT_TARGET_OUTBOUND: usize = 8;
+/// Default first retry delay of a permanent peer, and the wait of the failure
+/// throttle.
+pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(5);
+/// Default longest retry delay.
+pub const DEFAULT_RETRY_CAP: Duration = Duration::from_secs(300);
+/// Default number of consecutive failed automatic attempts before the failure
+/// throttle starts.
+pub const DEFAULT_MAX_FAILURES: u32 = 25;
+/// Default time a permanent peer's connection must stay up before its
+/// backoff starts again from the base.
+pub const DEFAULT_STABLE_PERIOD: Duration = Duration::from_secs(60);
+/// Default time limit of each dial, as in btcd.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default most inbound connections: Bitcoin Core's 125 connections less the
+/// default outbound target.
+pub const DEFAULT_MAX_INBOUND: usize = 125 - DEFAULT_TARGET_OUTBOUND;
+/// Default capacity of the queue to the callbacks.
+pub const DEFAULT_CALLBACK_QUEUE: usize = 1024;
+/// Default time `stop` gives the callbacks to finish what is queued.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the manager's tasks need, checked by
+/// [`Builder::start`](super::Builder::start).
+pub(crate) struct Config<A, D: Service<A>> {
+    pub(crate) dialer: D,
+    pub(crate) target_outbound: usize,
+    pub(crate) backoff: Backoff,
+    pub(crate) stable_period: Duration,
+    pub(crate) max_failures: u32,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) fill: Option<FillTask<A, D>>,
+    pub(crate) listeners: Vec<TcpListener>,
+    pub(crate) max_inbound: Option<usize>,
+    pub(crate) callback_queue: usize,
+    pub(crate) stop_grace: Duration,
+    pub(crate) callbacks: Callbacks<D::Response, A>,
+}

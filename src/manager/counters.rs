@@ -1,0 +1,259 @@
+//! The counters, shared by the manager's tasks and its handles, and their
+//! metrics (with the `metrics` feature).
+//!
+//! Every task updates the counters of the work it does, once, with relaxed
+//! atomics: the fill task its throttle waits and empty answers, a dial task
+//! the failure count the throttle reads, the actor each dial's outcome, an
+//! accept loop its accepts and rejections. A handle reads them without asking
+//! the actor.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tower::BoxError;
+
+use super::{ConnId, ConnKind, ConnState, Counters, Panicked};
+
+/// Counters and the id source.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    next_id: AtomicU64,
+    dials: AtomicU64,
+    failures: AtomicU64,
+    established: AtomicU64,
+    canceled: AtomicU64,
+    throttled: AtomicU64,
+    no_address: AtomicU64,
+    consecutive_failures: AtomicU64,
+    panics: AtomicU64,
+    inbound_accepted: AtomicU64,
+    inbound_rejected: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            dials: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            established: AtomicU64::new(0),
+            canceled: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            no_address: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            inbound_accepted: AtomicU64::new(0),
+            inbound_rejected: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Relaxed))
+    }
+
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            dials: self.dials.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            established: self.established.load(Relaxed),
+            canceled: self.canceled.load(Relaxed),
+            throttled: self.throttled.load(Relaxed),
+            no_address: self.no_address.load(Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Relaxed),
+            panics: self.panics.load(Relaxed),
+            inbound_accepted: self.inbound_accepted.load(Relaxed),
+            inbound_rejected: self.inbound_rejected.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+        }
+    }
+
+    // ===== the failure throttle =====
+
+    /// Consecutive failed automatic attempts.
+    pub(crate) fn consecutive_failures(&self) -> u64 {
+        self.consecutive_failures.load(Relaxed)
+    }
+
+    /// Feeds the throttle with an automatic attempt's outcome. A dial task
+    /// calls it *before* it drops the dial future (and with it the attempt's
+    /// outbound permit), so the fill task sees the count before it can start
+    /// a replacement.
+    pub(crate) fn attempt_ended(&self, ok: bool) {
+        if ok {
+            self.consecutive_failures.store(0, Relaxed);
+        } else {
+            self.consecutive_failures.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn throttled(&self) {
+        self.throttled.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::THROTTLE_WAITS).increment(1);
+    }
+
+    pub(crate) fn no_address(&self) {
+        self.no_address.fetch_add(1, Relaxed);
+        self.attempt_ended(false);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::NO_ADDRESS).increment(1);
+    }
+
+    // ===== dials (the actor) =====
+
+    pub(crate) fn dial_started(&self) {
+        self.dials.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::DIALS).increment(1);
+    }
+
+    pub(crate) fn dial_established(&self) {
+        self.established.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::ESTABLISHED).increment(1);
+    }
+
+    pub(crate) fn dial_failed(&self, error: &BoxError) {
+        self.failures.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::DIAL_FAILURES, "class" => error_class(error)).increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = error;
+    }
+
+    pub(crate) fn dial_canceled(&self) {
+        self.canceled.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::CANCELED).increment(1);
+    }
+
+    /// A panic in user code, caught; `what` names the code.
+    pub(crate) fn panicked(&self, what: &'static str) -> Panicked {
+        self.panics.fetch_add(1, Relaxed);
+        tracing::error!(what, "user code panicked; the manager goes on");
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::PANICS, "what" => what).increment(1);
+        Panicked(what)
+    }
+
+    // ===== inbound =====
+
+    pub(crate) fn inbound_accepted(&self) {
+        self.inbound_accepted.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::INBOUND_ACCEPTED).increment(1);
+    }
+
+    /// Returns the number rejected so far.
+    pub(crate) fn inbound_rejected(&self, reason: &'static str) -> u64 {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::INBOUND_REJECTED, "reason" => reason).increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = reason;
+        self.inbound_rejected.fetch_add(1, Relaxed) + 1
+    }
+
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::ACCEPT_ERRORS).increment(1);
+    }
+
+    // ===== gauges =====
+
+    /// An entry of `kind` moved from state `from` to `to` (`None`: it was
+    /// created, or it ended).
+    #[inline]
+    pub(crate) fn state_changed(
+        &self,
+        kind: ConnKind,
+        from: Option<ConnState>,
+        to: Option<ConnState>,
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            if let Some(from) = from {
+                metrics::gauge!(names::CONNECTIONS, "kind" => kind_label(kind), "state" => state_label(from)).decrement(1);
+            }
+            if let Some(to) = to {
+                metrics::gauge!(names::CONNECTIONS, "kind" => kind_label(kind), "state" => state_label(to)).increment(1);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (kind, from, to);
+    }
+}
+
+/// The class of a dial error, as the `class` label of
+/// [`names::DIAL_FAILURES`].
+#[cfg(feature = "metrics")]
+fn error_class(error: &BoxError) -> &'static str {
+    use crate::{connect::ConnectError, socks::Socks5Error};
+    if error.is::<tower::timeout::error::Elapsed>() {
+        "timeout"
+    } else if error.is::<Panicked>() {
+        "panic"
+    } else if let Some(e) = error.downcast_ref::<ConnectError>() {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            "refused"
+        } else {
+            "connect"
+        }
+    } else if error.is::<Socks5Error>() {
+        "proxy"
+    } else {
+        "other"
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn kind_label(kind: ConnKind) -> &'static str {
+    match kind {
+        ConnKind::Automatic => "automatic",
+        ConnKind::Permanent => "permanent",
+        ConnKind::OneShot => "one-shot",
+        ConnKind::Inbound => "inbound",
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn state_label(state: ConnState) -> &'static str {
+    match state {
+        ConnState::Pending => "pending",
+        ConnState::Failing => "failing",
+        ConnState::Canceled => "canceled",
+        ConnState::Established => "established",
+        ConnState::Disconnected => "disconnected",
+    }
+}
+
+/// The names of the metrics the manager publishes with the `metrics`
+/// feature. See the [manager docs](super#metrics) for the table.
+#[cfg(feature = "metrics")]
+pub mod names {
+    /// Counter: dials started.
+    pub const DIALS: &str = "connmgr_dials_total";
+    /// Counter: outbound connections delivered to the application.
+    pub const ESTABLISHED: &str = "connmgr_established_total";
+    /// Counter: failed dials, by `class` (`timeout`, `refused`, `connect`,
+    /// `proxy`, `panic`, `other`).
+    pub const DIAL_FAILURES: &str = "connmgr_dial_failures_total";
+    /// Counter: dials ended by `remove` or stop.
+    pub const CANCELED: &str = "connmgr_dials_canceled_total";
+    /// Counter: waits of the failure throttle.
+    pub const THROTTLE_WAITS: &str = "connmgr_throttle_waits_total";
+    /// Counter: times the address source had no address.
+    pub const NO_ADDRESS: &str = "connmgr_no_address_total";
+    /// Counter: panics caught in user code, by `what`.
+    pub const PANICS: &str = "connmgr_panics_total";
+    /// Counter: inbound connections accepted.
+    pub const INBOUND_ACCEPTED: &str = "connmgr_inbound_accepted_total";
+    /// Counter: inbound connections rejected, by `reason` (`limit`).
+    pub const INBOUND_REJECTED: &str = "connmgr_inbound_rejected_total";
+    /// Counter: errors from `accept`.
+    pub const ACCEPT_ERRORS: &str = "connmgr_accept_errors_total";
+    /// Gauge: entries of the state map by `kind` and `state`; inbound
+    /// connections open, as `kind="inbound", state="established"`.
+    pub const CONNECTIONS: &str = "connmgr_connections";
+}

@@ -1,0 +1,171 @@
+//! The callback task: runs the application's callbacks, one at a time, in
+//! the order the events happened.
+//!
+//! Events reach it over a bounded queue. The manager task never waits on
+//! that queue: what does not fit waits in the manager's backlog, and while
+//! anything waits there the manager starts no new work (no automatic dial,
+//! no accept), so the backlog is bounded by the requests already under way.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::{
+    net::TcpStream,
+    sync::mpsc::{self, error::TrySendError},
+    time::Instant,
+};
+
+use super::{Connection, DialFailure, Disconnected, counters::Shared};
+
+/// How many events the callback task takes off the queue at once.
+const BATCH: usize = 32;
+
+pub(crate) type Callback<T> = Arc<dyn Fn(T) + Send + Sync>;
+
+/// Something to tell the application.
+pub(crate) enum Event<IO, A> {
+    Connected(Connection<IO, A>),
+    Accepted(Connection<TcpStream, SocketAddr>),
+    Disconnected(Disconnected<A>),
+    DialFailed(DialFailure<A>),
+}
+
+/// The application's callbacks.
+pub(crate) struct Callbacks<IO, A> {
+    pub(crate) on_accept: Option<Callback<Connection<TcpStream, SocketAddr>>>,
+    pub(crate) on_connection: Option<Callback<Connection<IO, A>>>,
+    pub(crate) on_disconnection: Option<Callback<Disconnected<A>>>,
+    pub(crate) on_dial_failure: Option<Callback<DialFailure<A>>>,
+}
+
+impl<IO, A> Default for Callbacks<IO, A> {
+    fn default() -> Self {
+        Self {
+            on_accept: None,
+            on_connection: None,
+            on_disconnection: None,
+            on_dial_failure: None,
+        }
+    }
+}
+
+/// The manager's end of the callback queue, with its backlog: events that
+/// did not fit, in order. The manager pauses new work while the backlog is
+/// not empty ([`is_behind`](Self::is_behind)).
+pub(crate) struct Outbox<IO, A> {
+    tx: mpsc::Sender<Event<IO, A>>,
+    backlog: VecDeque<Event<IO, A>>,
+}
+
+impl<IO, A> Outbox<IO, A> {
+    pub(crate) fn new(tx: mpsc::Sender<Event<IO, A>>) -> Self {
+        Self {
+            tx,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// Whether events wait in the backlog.
+    pub(crate) fn is_behind(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Resolves when the queue has room (cancel safe).
+    pub(crate) fn room(&self) -> impl Future<Output = ()> + Send + '_
+    where
+        IO: Send,
+        A: Send,
+    {
+        // Borrows only the sender, which is `Sync`.
+        let tx = &self.tx;
+        async move {
+            if let Ok(place) = tx.reserve().await {
+                drop(place);
+            }
+        }
+    }
+
+    /// Queues an event, behind any backlog.
+    pub(crate) fn emit(&mut self, event: Event<IO, A>) {
+        if self.is_behind() {
+            self.backlog.push_back(event);
+            return;
+        }
+        if let Err(TrySendError::Full(event)) = self.tx.try_send(event) {
+            tracing::debug!("callbacks behind; pausing new work");
+            self.backlog.push_back(event);
+        }
+    }
+
+    /// Moves what fits of the backlog into the queue.
+    pub(crate) fn flush(&mut self) {
+        while let Some(event) = self.backlog.pop_front() {
+            if let Err(TrySendError::Full(event)) = self.tx.try_send(event) {
+                self.backlog.push_front(event);
+                return;
+            }
+        }
+    }
+
+    /// At stop: queues the whole backlog, waiting for room until
+    /// `deadline`; what is left then is dropped (connections closed).
+    pub(crate) async fn close(mut self, deadline: Instant) {
+        let tx = self.tx.clone();
+        let send_all = async {
+            while let Some(event) = self.backlog.pop_front() {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, send_all).await;
+    }
+}
+
+/// Runs the callbacks until every sender (the manager and the accept loops)
+/// is gone, or until `abandoned` is set: stop's grace period is over, and
+/// whatever is still queued is dropped (connections closed).
+pub(crate) async fn run<IO, A>(
+    mut rx: mpsc::Receiver<Event<IO, A>>,
+    callbacks: Callbacks<IO, A>,
+    shared: Arc<Shared>,
+    abandoned: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        for event in batch.drain(..) {
+            if abandoned.load(Ordering::Acquire) {
+                return;
+            }
+            match event {
+                Event::Connected(c) => call(&shared, "on_connection", &callbacks.on_connection, c),
+                Event::Accepted(c) => call(&shared, "on_accept", &callbacks.on_accept, c),
+                Event::Disconnected(d) => {
+                    call(&shared, "on_disconnection", &callbacks.on_disconnection, d);
+                }
+                Event::DialFailed(f) => {
+                    call(&shared, "on_dial_failure", &callbacks.on_dial_failure, f);
+                }
+            }
+            // A long run of quick callbacks must not starve the runtime's
+            // other tasks on this worker.
+            tokio::task::consume_budget().await;
+        }
+    }
+}
+
+/// Calls one callback; a panic is caught, counted and logged.
+fn call<T>(shared: &Shared, name: &'static str, callback: &Option<Callback<T>>, arg: T) {
+    if let Some(f) = callback {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).is_err() {
+            shared.panicked(name);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The fill task: keeps the automatic outbound connections at the target.
+//!
+//! The target *is* an [`OutboundLimit`] around the dial stack. The task waits
+//! for a free permit, waits out the failure throttle, asks the address
+//! source for an address, starts the dial and hands it to the manager task,
+//! which gives it an entry and a dial task. The permit travels with the
+//! dial into the connection and comes back when the connection is dropped,
+//! which wakes this task for the replacement.
+//!
+//! User code runs here (the source, the stack's `poll_ready` and `call`); a
+//! panic in it costs one failed attempt, never the task.
+
+use std::{future::Future, panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::FutureExt;
+use tokio::{
+    sync::{Semaphore, mpsc},
+    time::Instant,
+};
+use tower::{BoxError, Service, ServiceExt};
+
+use super::{Address, AddressSource, DialService, counters::Shared, message::AutoDial};
+use crate::limit::OutboundLimit;
+
+/// The future of an automatic dial: the stack's, holding a permit.
+pub(crate) type AutoFuture<A, D> = <OutboundLimit<D> as Service<A>>::Future;
+
+/// What the fill task needs besides the address source.
+pub(crate) struct Fill<A, D: Service<A>> {
+    pub(crate) dialer: D,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) tx: mpsc::Sender<AutoDial<A, AutoFuture<A, D>>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) retry_base: Duration,
+    pub(crate) max_failures: u32,
+}
+
+/// The fill task with its address source, boxed so that the configuration
+/// need not name the source's type.
+pub(crate) type FillTask<A, D> =
+    Box<dyn FnOnce(Fill<A, D>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Boxes the fill task for `source`.
+pub(crate) fn task<A: Address, D: DialService<A>, S: AddressSource<A>>(
+    source: S,
+) -> FillTask<A, D> {
+    Box::new(move |fill| Box::pin(fill.run(source)))
+}
+
+impl<A: Address, D: DialService<A>> Fill<A, D> {
+    async fn run<S: AddressSource<A>>(self, mut source: S) {
+        let mut svc = self.limited();
+        loop {
+            let ready = AssertUnwindSafe(svc.ready()).catch_unwind().await;
+            let ready = ready.map(|r| r.map(drop).map_err(Into::<BoxError>::into));
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, wait = ?self.retry_base, "dial stack not ready");
+                    self.shared.attempt_ended(false);
+                    tokio::time::sleep(self.retry_base).await;
+                    continue;
+                }
+                Err(_) => {
+                    self.shared.panicked("dial stack poll_ready");
+                    self.shared.attempt_ended(false);
+                    svc = self.limited();
+                    continue;
+                }
+            }
+            if self.shared.consecutive_failures() >= u64::from(self.max_failures) {
+                self.shared.throttled();
+                tracing::debug!(
+                    failures = self.shared.consecutive_failures(),
+                    wait = ?self.retry_base,
+                    "failure throttle: waiting before the next automatic dial"
+                );
+                tokio::time::sleep(self.retry_base).await;
+            }
+            let addr = match AssertUnwindSafe(async { source.next_address().await })
+                .catch_unwind()
+                .await
+            {
+                Ok(Some(addr)) => addr,
+                Ok(None) => {
+                    tracing::debug!(wait = ?self.retry_base, "address source has no address");
+                    self.shared.no_address();
+                    // One wait before the next ask: this one, or the
+                    // throttle's at the top of the loop.
+                    if self.shared.consecutive_failures() < u64::from(self.max_failures) {
+                        tokio::time::sleep(self.retry_base).await;
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    self.shared.panicked("address source");
+                    self.shared.attempt_ended(false);
+                    // Yield, so that a source that always panics cannot
+                    // hold this worker until the throttle starts.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(addr.clone()))) {
+                Ok(fut) => Ok(fut),
+                Err(_) => {
+                    // The permit taken by `poll_ready` was dropped in the
+                    // unwind; the stack may be broken: start from a clone.
+                    svc = self.limited();
+                    self.shared.attempt_ended(false);
+                    Err(self.shared.panicked("dial stack call"))
+                }
+            };
+            if self.tx.send(AutoDial { addr, started, fut }).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A fresh clone of the dial stack behind the outbound limit.
+    fn limited(&self) -> OutboundLimit<D> {
+        OutboundLimit::with_semaphore(self.dialer.clone(), self.permits.clone())
+    }
+}

@@ -1,0 +1,64 @@
+//! What the manager needs of the user's pieces: an address type, a dial
+//! stack and an address source.
+
+use std::{fmt, future::Future};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::{BoxError, Service};
+
+/// Where automatic outbound addresses come from (btcd's `GetNewAddress`).
+///
+/// `None` means "no address right now": it counts as a failed attempt, and
+/// the fill task waits the retry base before it asks again.
+///
+/// Any `FnMut() -> impl Future<Output = Option<A>>` closure is a source.
+/// The manager calls it from its fill task, never from the manager task, so
+/// it may take its time (query an address book, say). A source that panics
+/// costs one failed attempt.
+pub trait AddressSource<A>: Send + 'static {
+    /// The next address to dial.
+    fn next_address(&mut self) -> impl Future<Output = Option<A>> + Send;
+}
+
+impl<A, F, Fut> AddressSource<A> for F
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Option<A>> + Send,
+{
+    fn next_address(&mut self) -> impl Future<Output = Option<A>> + Send {
+        self()
+    }
+}
+
+/// An address type the manager can work with: cloneable, printable (for
+/// logs and spans) and shareable across tasks. Every such type is one, e.g.
+/// `SocketAddr`, or a host name type for targets reachable only through a
+/// proxy.
+pub trait Address: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static {}
+
+impl<T> Address for T where T: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static {}
+
+/// A dial stack the manager can drive: a cloneable `Service<A>` whose
+/// response is a stream. Every such service is one: the default
+/// [`Dialer`](crate::Dialer), a [`ServiceBuilder`](tower::ServiceBuilder)
+/// stack, a `service_fn`.
+pub trait DialService<A>:
+    Service<
+        A,
+        Response: AsyncRead + AsyncWrite + Send + 'static,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<A, S> DialService<A> for S
+where
+    S: Service<A> + Clone + Send + 'static,
+    S::Response: AsyncRead + AsyncWrite + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+}

@@ -1,0 +1,1 @@
+//! Metrics published with the `metrics` feature.
