@@ -42,7 +42,7 @@ pub(crate) async fn run<IO, A>(
         place.send(Event::Accepted(Connection::new(
             stream,
             info,
-            Control::new(permit),
+            Control::inbound(permit),
             None,
         )));
     }

@@ -18,7 +18,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, mpsc},
 };
 
-use super::{ConnId, ConnKind, Direction, message::Dropped};
+use super::{ConnId, ConnKind, ConnState, Direction, counters::gauge_moved, message::Dropped};
 
 /// What identifies a connection or request: its id, address and kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,22 +38,53 @@ impl<A> ConnInfo<A> {
     }
 }
 
-/// State shared by a [`Connection`] and the manager: the close signal and the
-/// limit permit the connection holds.
+/// State shared by a [`Connection`] and the manager: the close signal and
+/// what the connection holds until it ends.
 pub(crate) struct Control {
     closed: AtomicBool,
     read: AtomicWaker,
     write: AtomicWaker,
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    held: Mutex<Option<Held>>,
+}
+
+/// What a connection holds until it ends: its limit permit, and its place in
+/// the connection gauge of its kind.
+struct Held {
+    _permit: Option<OwnedSemaphorePermit>,
+    kind: ConnKind,
+    counted: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.counted {
+            gauge_moved(self.kind, Some(ConnState::Established), None);
+        }
+    }
 }
 
 impl Control {
+    /// For an outbound connection: the manager keeps its gauge.
     pub(crate) fn new(permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
+        Self::holding(permit, ConnKind::Automatic, false)
+    }
+
+    /// For an inbound connection: counted in the gauge until it ends.
+    pub(crate) fn inbound(permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
+        gauge_moved(ConnKind::Inbound, None, Some(ConnState::Established));
+        Self::holding(permit, ConnKind::Inbound, true)
+    }
+
+    fn holding(permit: Option<OwnedSemaphorePermit>, kind: ConnKind, counted: bool) -> Arc<Self> {
         Arc::new(Self {
             closed: AtomicBool::new(false),
             read: AtomicWaker::new(),
             write: AtomicWaker::new(),
-            permit: Mutex::new(permit),
+            held: Mutex::new(Some(Held {
+                _permit: permit,
+                kind,
+                counted,
+            })),
         })
     }
 
@@ -68,11 +99,11 @@ impl Control {
 
     fn release(&self) {
         // A poisoned lock still holds a valid Option.
-        let permit = match self.permit.lock() {
+        let held = match self.held.lock() {
             Ok(mut guard) => guard.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
-        drop(permit);
+        drop(held);
     }
 
     #[inline]

@@ -171,18 +171,25 @@ impl Shared {
         from: Option<ConnState>,
         to: Option<ConnState>,
     ) {
-        #[cfg(feature = "metrics")]
-        {
-            if let Some(from) = from {
-                metrics::gauge!(names::CONNECTIONS, "kind" => kind_label(kind), "state" => state_label(from)).decrement(1);
-            }
-            if let Some(to) = to {
-                metrics::gauge!(names::CONNECTIONS, "kind" => kind_label(kind), "state" => state_label(to)).increment(1);
-            }
-        }
-        #[cfg(not(feature = "metrics"))]
-        let _ = (kind, from, to);
+        gauge_moved(kind, from, to);
     }
+}
+
+/// Moves one connection of `kind` between the state gauges.
+#[inline]
+pub(crate) fn gauge_moved(kind: ConnKind, from: Option<ConnState>, to: Option<ConnState>) {
+    #[cfg(feature = "metrics")]
+    {
+        let gauge = |state| metrics::gauge!(names::CONNECTIONS, "kind" => kind_label(kind), "state" => state_label(state));
+        if let Some(from) = from {
+            gauge(from).decrement(1);
+        }
+        if let Some(to) = to {
+            gauge(to).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (kind, from, to);
 }
 
 /// The class of a dial error, as the `class` label of

@@ -173,7 +173,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     }
 
     /// An established connection ended. A permanent request is reconnected
-    /// after its backoff unless it was removed; any other ends.
+    /// after its backoff unless it was removed or stopped; any other ends.
     pub(super) fn connection_ended(&mut self, id: ConnId, reason: DisconnectReason) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
@@ -182,7 +182,11 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             control.close();
         }
         let info = self.wants.disconnections.then(|| slot.info.clone());
-        let reconnect_at = if slot.info.kind.is_permanent() && reason != DisconnectReason::Remove {
+        let reconnect = matches!(
+            reason,
+            DisconnectReason::Dropped | DisconnectReason::Disconnect
+        );
+        let reconnect_at = if slot.info.kind.is_permanent() && reconnect {
             Some(self.schedule_retry(id, ConnState::Pending))
         } else {
             self.end(id, ConnState::Disconnected);
