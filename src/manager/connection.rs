@@ -223,14 +223,14 @@ impl<IO, A> PinnedDrop for Connection<IO, A> {
         // Free the slot first, so the fill loop can dial the replacement
         // while the manager processes the notice.
         this.control.release();
+        // Always told, even when the manager closed it: the manager tells
+        // this connection from a newer one of the same request by its
+        // control block. The manager may be gone; then nobody needs to know.
         if let Some(tx) = this.dropped.take() {
-            if !this.control.is_closed() {
-                // The manager may be gone already; then nobody needs to know.
-                let _ = tx.send(Dropped {
-                    id: this.info.id,
-                    control: this.control.clone(),
-                });
-            }
+            let _ = tx.send(Dropped {
+                id: this.info.id,
+                control: this.control.clone(),
+            });
         }
     }
 }
