@@ -14,6 +14,7 @@
 //! cargo run --release --example loadtest -- hold    [--target 10000] [--rounds 3]
 //! cargo run --release --example loadtest -- refused [--target 125] [--count 20000] [--rounds 5]
 //! cargo run --release --example loadtest -- stop    [--target 10000] [--inflight 1000]
+//! cargo run --release --example loadtest -- soak    [--target 125] [--count 1000000]
 //! ```
 //!
 //! Scenarios:
@@ -29,6 +30,10 @@
 //!   throttle off, then a check that with it on the rate keeps its promise.
 //! - `stop`: `target` connections held and `inflight` dials hanging; the time
 //!   `stop_and_close` takes, and whether any task or socket is left.
+//! - `soak`: one manager churns `count` connections; open descriptors and
+//!   RSS at the start, at every tenth of the way and at the end. Passes when
+//!   RSS stays within 10 % of its value at the first tenth and descriptors
+//!   return to the baseline after stop.
 //!
 //! Only loopback addresses are used. Every loop is bounded in count and time.
 
@@ -71,9 +76,10 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
     let scenario = args
         .first()
         .cloned()
-        .ok_or("usage: loadtest <churn|hold|refused|stop> [options]")?;
+        .ok_or("usage: loadtest <churn|hold|refused|stop|soak> [options]")?;
     let (target, count) = match scenario.as_str() {
         "hold" | "stop" => (10_000, 0),
+        "soak" => (125, 1_000_000),
         _ => (125, 20_000),
     };
     let mut o = Opts {
@@ -126,6 +132,7 @@ fn main() -> Result<(), Error> {
         "hold" => hold(&opts),
         "refused" => rt.block_on(refused(&opts)),
         "stop" => rt.block_on(stop(&opts)),
+        "soak" => rt.block_on(soak(&opts)),
         other => Err(format!("unknown scenario {other}").into()),
     }
 }
@@ -796,4 +803,70 @@ async fn stop(o: &Opts) -> Result<(), Error> {
         return Err("stop left tasks or sockets behind".into());
     }
     Ok(())
+}
+
+// ===== soak =====
+
+async fn soak(o: &Opts) -> Result<(), Error> {
+    let farm = Farm::start("close", o.peers)?;
+    let every = (o.count / 10).max(1);
+    let (fds_start, rss_start) = (open_fds(), status_kib("VmRSS:"));
+    println!(
+        "soak: target {} until {} established; fds {fds_start}, rss {rss_start} KiB",
+        o.target, o.count
+    );
+    let (handle, done) = counting_manager(farm.addrs.clone(), o.target, o.count)?;
+    // Bounded: at 2 000 connections a second it would still finish.
+    let deadline = Instant::now() + Duration::from_secs(o.count / 2_000 + 60);
+    let (mut next, mut rss_first, mut rss_last) = (every, 0, 0);
+    let finished = done.notified();
+    tokio::pin!(finished);
+    loop {
+        tokio::select! {
+            () = &mut finished => break,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if Instant::now() > deadline {
+            return Err("soak timed out".into());
+        }
+        let n = handle.counters().established;
+        while n >= next && next < o.count {
+            rss_last = status_kib("VmRSS:");
+            if rss_first == 0 {
+                rss_first = rss_last;
+            }
+            println!("  {next:>9}: fds {:>5}, rss {rss_last} KiB", open_fds());
+            next += every;
+        }
+    }
+    rss_last = status_kib("VmRSS:").max(rss_last);
+    if rss_first == 0 {
+        rss_first = rss_last;
+    }
+    let c = handle.counters();
+    handle.stop_and_close().await;
+    // The owners' tasks see the close and drop their connections.
+    let mut fds_end = open_fds();
+    for _ in 0..200 {
+        if fds_end <= fds_start {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        fds_end = open_fds();
+    }
+    println!(
+        "  {:>9}: fds {fds_end} after stop, rss {rss_last} KiB; dials {}, failures {}",
+        o.count, c.dials, c.failures
+    );
+    let rss_ok = rss_last as f64 <= rss_first as f64 * 1.10;
+    let fds_ok = fds_end <= fds_start;
+    println!(
+        "soak target={} count={} fds_start={fds_start} fds_end={fds_end} rss_first_kib={rss_first} rss_last_kib={rss_last} rss_ok={rss_ok} fds_ok={fds_ok}",
+        o.target, o.count
+    );
+    if rss_ok && fds_ok {
+        Ok(())
+    } else {
+        Err("soak: memory grew or descriptors leaked".into())
+    }
 }
