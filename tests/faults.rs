@@ -364,3 +364,73 @@ async fn stale_drop_notice_ignored() {
     assert_eq!(ended.reason, DisconnectReason::Dropped);
     handle.stop().await;
 }
+
+/// A source that never answers holds up automatic dials only: explicit
+/// requests go on, and `stop` returns (the fill task is aborted).
+#[tokio::test(start_paused = true)]
+async fn hanging_address_source_does_not_block_stop() {
+    let peer = HoldingPeer::start().await;
+    let (b, mut ev) =
+        record(ConnManager::builder().address_source(std::future::pending::<Option<SocketAddr>>));
+    let handle = b.start().expect("start");
+    let id = handle.connect(peer.addr).await.expect("connect");
+    let conn = ev.connected.recv().await.expect("explicit requests go on");
+    assert_eq!(conn.id(), id);
+    assert_eq!(handle.counters().dials, 1, "no automatic dial");
+    handle.stop().await;
+    assert!(handle.is_stopped());
+}
+
+/// A dial stack whose `poll_ready` fails once, then never becomes ready.
+#[derive(Clone)]
+struct NotReady {
+    failed: Arc<AtomicBool>,
+}
+
+impl Service<SocketAddr> for NotReady {
+    type Response = TcpStream;
+    type Error = std::io::Error;
+    type Future = futures_util::future::BoxFuture<'static, std::io::Result<TcpStream>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            return Poll::Ready(Err(std::io::ErrorKind::Other.into()));
+        }
+        Poll::Pending
+    }
+
+    fn call(&mut self, addr: SocketAddr) -> Self::Future {
+        Box::pin(TcpStream::connect(addr))
+    }
+}
+
+/// A stack whose `poll_ready` errs costs a failed attempt and a wait of the
+/// retry base; one that never becomes ready holds up automatic dials, ends
+/// each explicit dial at the connect timeout, and never holds up `stop`.
+#[tokio::test(start_paused = true)]
+async fn dial_stack_not_ready_waits_and_stops() {
+    let failed = Arc::new(AtomicBool::new(false));
+    let (b, mut ev) = record(
+        ConnManager::with_dialer(NotReady {
+            failed: failed.clone(),
+        })
+        .retry_base(Duration::from_secs(1))
+        .connect_timeout(Some(Duration::from_secs(30)))
+        .address_source(|| std::future::ready(Some("127.0.0.1:9".parse().expect("addr")))),
+    );
+    let start = tokio::time::Instant::now();
+    let handle = b.start().expect("start");
+    until("the error is seen", || failed.load(Ordering::SeqCst)).await;
+    assert_eq!(handle.counters().consecutive_failures, 1);
+    let id = handle
+        .connect("127.0.0.1:9".parse().expect("addr"))
+        .await
+        .expect("connect");
+    let failure = ev.failed.recv().await.expect("timed out");
+    assert_eq!(failure.info.id, id);
+    assert!(failure.error.is::<tower::timeout::error::Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    assert_eq!(handle.counters().dials, 1, "no automatic dial started");
+    handle.stop().await;
+    assert!(handle.is_stopped());
+}

@@ -137,8 +137,12 @@ impl<A> Handle<A> {
     }
 
     /// Stops the manager: closes the listeners, cancels dials and retry
-    /// timers, closes connections that arrive late, and returns when every
-    /// task of the manager has ended. No callback runs after it returns.
+    /// timers, closes connections that arrive late, gives the callbacks the
+    /// grace period ([`Builder::stop_grace`](super::Builder::stop_grace), 5 s
+    /// by default) to run what is queued, and returns when every task of the
+    /// manager has ended. After the grace period, queued events are dropped
+    /// (their connections closed) and a callback still running is abandoned.
+    /// No callback starts after it returns.
     ///
     /// Established connections stay open with their owners (see
     /// [`stop_and_close`](Self::stop_and_close)). Calling it again, or on a
@@ -148,7 +152,8 @@ impl<A> Handle<A> {
     }
 
     /// Like [`stop`](Self::stop), and also closes every established
-    /// outbound connection.
+    /// outbound connection, reporting each to `on_disconnection` with
+    /// [`DisconnectReason::Stop`](super::DisconnectReason::Stop).
     pub async fn stop_and_close(&self) {
         self.stop_inner(true).await;
     }

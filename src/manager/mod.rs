@@ -17,15 +17,98 @@
 //!   its request ([`Canceled`](ConnState::Canceled)) and frees the permit for
 //!   a fresh request; after 25 consecutive failures (any success resets the
 //!   count) each replacement first waits the retry base.
-//! - **Explicit requests.** [`Handle::connect`] adds a connection beyond the
-//!   target. A permanent one is retried on failure and reconnected on
-//!   disconnect with exponential backoff and jitter ([`Backoff`]), and its
-//!   backoff starts again from the base only after a connection stayed up for
-//!   the stable period. A one-shot one ends at its first failure.
+//! - **Explicit requests.** [`Handle::connect`] (one-shot) and
+//!   [`Handle::connect_permanent`] add connections beyond the target. A
+//!   permanent one is retried on failure and reconnected on disconnect with
+//!   exponential backoff and jitter ([`Backoff`]), and its backoff starts
+//!   again from the base only after a connection stayed up for the stable
+//!   period. A one-shot one ends at its first failure or disconnect.
+//! - **One result per attempt.** Each attempt runs on a dial task of its
+//!   own, under the connect timeout, and ends exactly once: connected,
+//!   failed, timed out or panicked. [`Counters`] count it once.
 //! - **Cancellation.** [`Handle::remove`] ends a request at any stage.
-//! - **Inbound.** Each listener gets an accept loop; `max_inbound` holds a
-//!   slot for each accepted connection's life; accept errors back off.
-//! - **Stop.** [`Handle::stop`] returns when every task has ended.
+//! - **Inbound.** Each listener gets an accept loop; `max_inbound` (117 by
+//!   default) holds a slot for each accepted connection's life; accept
+//!   errors back off.
+//!
+//! # Tasks
+//!
+//! | task | file | owns |
+//! |---|---|---|
+//! | manager | `actor/` | the state map, retry timers ([`DelayQueue`]), the event backlog |
+//! | fill | `fill.rs` | the address source, the outbound limit, the failure throttle |
+//! | dial (one per attempt) | `dial.rs` | one dial future and its connect timeout |
+//! | accept (one per listener) | `accept.rs` | a listener and the inbound limit |
+//! | callbacks | `events.rs` | the application's callbacks, run in order |
+//!
+//! [`DelayQueue`]: tokio_util::time::DelayQueue
+//!
+//! # Events and backpressure
+//!
+//! Callbacks run on a task of their own, one at a time, in the order the
+//! events happened, never on the manager task. Events reach it over a
+//! bounded queue ([`Builder::callback_queue`], 1024 by default). When the
+//! callbacks fall behind and the queue is full, nothing is dropped and
+//! nothing grows without bound: the manager keeps the events that do not
+//! fit in order, and until they are delivered it **starts no new work**:
+//!
+//! | event | while the callbacks are behind |
+//! |---|---|
+//! | `on_connection`, `on_dial_failure`, `on_disconnection` | kept in order; at most one per request already under way |
+//! | automatic dials | not started: the fill task waits |
+//! | `on_accept` | accepting pauses; new peers wait in the kernel's listen backlog |
+//! | explicit requests, permanent retries | go on (the application asked for them) |
+//!
+//! # Stop
+//!
+//! [`Handle::stop`] closes the listeners, cancels dials and retry timers,
+//! closes connections that arrive late, and then gives the callbacks a grace
+//! period ([`Builder::stop_grace`], 5 s by default) to run what is queued.
+//! After it, what is still queued is dropped (its connections closed) and a
+//! callback still running is abandoned: stop returns, and no callback starts
+//! after it returns.
+//!
+//! # Faults in user code
+//!
+//! The address source, the dial stack and the callbacks are the
+//! application's code, and may panic, fail, hang or be slow. Whatever they
+//! do, the manager keeps running, keeps its counts and stops when asked.
+//! A panic is caught, logged at error level with the name of what
+//! panicked, and counted in [`Counters::panics`]. Each cell names the test
+//! that shows it.
+//!
+//! | user code | panic | error | hang | slow |
+//! |---|---|---|---|---|
+//! | address source | a failed attempt: feeds the throttle, asked again (`address_source_panic_is_a_failed_attempt`) | `None`: a failed attempt, asked again after the retry base (`empty_source_without_throttle_yields`) | automatic dials wait; everything else goes on; stop aborts it (`hanging_address_source_does_not_block_stop`) | as a hang, for as long |
+//! | dial stack `poll_ready` | a failed attempt, the stack is cloned afresh (`dial_call_panic_is_a_failed_attempt`) | a failed attempt, then a wait of the retry base (`dial_stack_not_ready_waits_and_stops`) | automatic dials wait; explicit ones end at the connect timeout; stop returns (`dial_stack_not_ready_waits_and_stops`) | as a hang, for as long |
+//! | dial stack `call` | a failed attempt, reported with [`Panicked`] (`dial_call_panic_is_a_failed_attempt`) | (errors come from the future) | `call` must not block: it holds up the fill task's thread | as a hang |
+//! | dial future | a failed attempt: reported, feeds the throttle (`panicking_dial_counts_for_throttle`) | a failed attempt (`network_failure`, `failed_oneshot_never_adds_automatic_slot`) | ended by the connect timeout (`connect_timeout_ends_hanging_dials`) | ends once, counted once, even at the timeout's instant (`timeout_race_counts_once`) |
+//! | callbacks | skipped, the next one runs (`panics_in_user_code_do_not_stop_the_manager`) | (no return value) | stop abandons it after the grace period (`stuck_callback_does_not_hang_stop`) | the queue fills, new work pauses (`slow_callback_bounded_queue`, `flood_with_slow_on_accept_bounded`) |
+//!
+//! A callback that blocks its thread blocks a runtime worker: on a
+//! current-thread runtime that is the whole runtime. Spawn from callbacks
+//! for long work, or use `tokio::task::block_in_place`.
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature the manager publishes its counters and gauges
+//! through the [`metrics`](https://docs.rs/metrics) facade, so an installed
+//! exporter (Prometheus, say) shows them with no glue code. The names are
+//! constants in `metric_names`.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `connmgr_dials_total` | counter | | dials started |
+//! | `connmgr_established_total` | counter | | outbound connections delivered |
+//! | `connmgr_dial_failures_total` | counter | `class`: `timeout`, `refused`, `connect`, `proxy`, `panic`, `other` | failed dials |
+//! | `connmgr_dials_canceled_total` | counter | | dials ended by `remove` or stop |
+//! | `connmgr_throttle_waits_total` | counter | | waits of the failure throttle |
+//! | `connmgr_no_address_total` | counter | | times the source had no address |
+//! | `connmgr_panics_total` | counter | `what` | panics caught in user code |
+//! | `connmgr_inbound_accepted_total` | counter | | inbound connections accepted |
+//! | `connmgr_inbound_rejected_total` | counter | `reason`: `limit` | inbound connections closed at once |
+//! | `connmgr_accept_errors_total` | counter | | errors from `accept` |
+//! | `connmgr_connections` | gauge | `kind`: `automatic`, `permanent`, `one-shot`, `inbound`; `state`: `pending`, `failing`, `established` | requests and connections now |
 //!
 //! # Differences from btcd
 //!
@@ -38,6 +121,8 @@
 //! | `TargetOutbound: 0` means 8 | `0` means no automatic connections |
 //! | `Stop` leaks dials, timers and late connections | `stop` cancels, closes and joins them |
 //! | accept errors spin | accept errors back off (5 ms doubling to 1 s) |
+//! | `MaxInbound` unlimited unless set | 117 by default (Core's 125 less the outbound target) |
+//! | a panic in a callback or `Dial` kills the node | caught, counted, one failed attempt |
 //!
 //! [`Backoff`]: crate::backoff::Backoff
 //!
