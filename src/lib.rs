@@ -85,6 +85,7 @@ pub mod backoff;
 pub mod connect;
 pub mod limit;
 pub mod manager;
+pub mod policy;
 pub mod retry;
 pub mod socks;
 pub mod stack;

@@ -145,7 +145,7 @@ async fn disconnected_reason() {
 /// dials or 20 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_race_counts_once() {
-    let peer = support::closing_peer().await;
+    let peers = support::closing_peers(8).await;
     let limit = Duration::from_millis(1);
     // Each dial sleeps as long as the timeout, then connects: the two race.
     let dialer = tower::service_fn(move |addr: std::net::SocketAddr| async move {
@@ -160,7 +160,7 @@ async fn timeout_race_counts_once() {
         .connect_timeout(Some(limit))
         .max_failures(u32::MAX)
         .target_outbound(8)
-        .address_source(move || std::future::ready(Some(peer)))
+        .address_source(support::manager::cycle(peers))
         .on_connection(move |conn| {
             seen.fetch_add(1, Ordering::SeqCst);
             drop(conn);

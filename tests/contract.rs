@@ -16,7 +16,7 @@ use connmgr::{
 };
 use support::{
     HoldingPeer,
-    manager::{fixed, record},
+    manager::{cycle, fixed, record},
     settle, until, until_async,
 };
 use tokio::{
@@ -67,17 +67,17 @@ async fn failed_oneshot_never_adds_automatic_slot() {
 /// explicit connections fill `len(conns)`. Here it always is, with a new id.
 #[tokio::test(start_paused = true)]
 async fn dropped_automatic_connection_is_always_replaced() {
-    let auto_peer = HoldingPeer::start().await;
-    let other = HoldingPeer::start().await;
+    let auto_peer = HoldingPeer::start_many(3).await;
+    let other = HoldingPeer::start_many(3).await;
     let (b, mut ev) = record(
         ConnManager::builder()
             .target_outbound(2)
-            .address_source(fixed(auto_peer.addr)),
+            .address_source(cycle(auto_peer.addrs.clone())),
     );
     let handle = b.start().expect("start");
     // Explicit connections beyond the target.
-    for _ in 0..3 {
-        handle.connect(other.addr).await.expect("explicit");
+    for addr in &other.addrs {
+        handle.connect(*addr).await.expect("explicit");
     }
     let mut conns = Vec::new();
     for _ in 0..5 {
@@ -247,12 +247,12 @@ async fn typed_errors_for_bad_ids() {
 /// callback has run by the time stop returns.
 #[tokio::test(start_paused = true)]
 async fn callbacks_are_ordered_per_request() {
-    let peer = support::closing_peer().await;
+    let peers = support::closing_peers(8).await;
     let log: Arc<Mutex<Vec<(u64, &'static str)>>> = Arc::default();
     let (l1, l2) = (log.clone(), log.clone());
     let handle = ConnManager::builder()
         .target_outbound(4)
-        .address_source(fixed(peer))
+        .address_source(cycle(peers))
         .on_connection(move |conn| {
             l1.lock().expect("log").push((conn.id().get(), "connected"));
             drop(conn);
@@ -303,7 +303,11 @@ async fn stop_with_dials_in_flight_leaves_nothing_behind() {
     let handle = ConnManager::with_dialer(dialer)
         .connect_timeout(None)
         .target_outbound(3)
-        .address_source(fixed("127.0.0.1:8333".parse().expect("addr")))
+        .address_source(cycle(
+            [8333, 8336, 8337]
+                .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                .to_vec(),
+        ))
         .listener(listener)
         .on_accept(drop)
         .start()
@@ -363,14 +367,17 @@ async fn stop_and_close_closes_connections() {
 async fn socks5_manager_keeps_target_filled() {
     support::trace_init();
     let proxy = support::socks5::RealSocks5::start(None).await;
-    let target = support::echo_target().await;
+    let mut targets = Vec::new();
+    for _ in 0..5 {
+        targets.push(support::echo_target().await);
+    }
     let dialer = DialStack::new()
         .socks5_layer(Socks5Layer::new(proxy.addr))
         .build();
     let (b, mut ev) = record(
         ConnManager::with_dialer(dialer)
             .target_outbound(4)
-            .address_source(fixed(target)),
+            .address_source(cycle(targets)),
     );
     let handle = b.start().expect("start");
     let mut conns = Vec::new();
@@ -459,8 +466,11 @@ async fn connect_timeout_ends_hanging_dials() {
 
 /// A host name that only the proxy resolves (the shape of a `.onion`
 /// address), as the manager's own address type.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct HostPort(String, u16);
+
+/// No IP: one netgroup for all host names.
+impl connmgr::policy::PeerAddr for HostPort {}
 
 impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -513,13 +523,16 @@ async fn manager_with_host_name_addresses_through_socks5() {
 /// that panics is logged and skipped; the manager keeps working.
 #[tokio::test]
 async fn panics_in_user_code_do_not_stop_the_manager() {
-    let peer = HoldingPeer::start().await;
-    let good = peer.addr;
-    let dialer = tower::service_fn(move |addr: std::net::SocketAddr| async move {
-        if addr != good {
-            panic!("a buggy dial stack");
+    let peer = HoldingPeer::start_many(2).await;
+    let good = peer.addrs.clone();
+    let dialer = tower::service_fn(move |addr: std::net::SocketAddr| {
+        let bad = !good.contains(&addr);
+        async move {
+            if bad {
+                panic!("a buggy dial stack");
+            }
+            TcpStream::connect(addr).await
         }
-        TcpStream::connect(addr).await
     });
     let (tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
     let (ftx, mut failed) = tokio::sync::mpsc::unbounded_channel();
@@ -553,13 +566,13 @@ async fn panics_in_user_code_do_not_stop_the_manager() {
     );
 
     // The first connection's callback panics; the second one is delivered.
-    handle.connect(good).await.expect("first");
-    handle.connect(good).await.expect("second");
+    handle.connect(peer.addrs[0]).await.expect("first");
+    handle.connect(peer.addrs[1]).await.expect("second");
     let conn = connected
         .recv()
         .await
         .expect("the manager and callbacks still run");
-    assert_eq!(conn.addr(), &good);
+    assert!(peer.addrs.contains(conn.addr()));
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     handle.stop().await;
 }

@@ -18,7 +18,7 @@ use connmgr::{
 };
 use support::{
     HoldingPeer,
-    manager::{fixed, record},
+    manager::{cycle, fixed, record},
     settle, until, until_async,
 };
 use tokio::{
@@ -261,15 +261,16 @@ async fn connect_mode() {
     handle.stop().await;
 }
 
-/// TestTargetOutbound: target 10 from a source that always gives the same
-/// address: exactly 10 connections, never an 11th.
+/// TestTargetOutbound: target 10 from a source with more addresses than
+/// that: exactly 10 connections, never an 11th. (btcd's source gives one
+/// address; here no address gets two connections.)
 #[tokio::test(start_paused = true)]
 async fn target_outbound() {
-    let peer = HoldingPeer::start().await;
+    let peer = HoldingPeer::start_many(12).await;
     let (b, mut ev) = record(
         ConnManager::builder()
             .target_outbound(10)
-            .address_source(fixed(peer.addr)),
+            .address_source(cycle(peer.addrs.clone())),
     );
     let handle = b.start().expect("start");
     let mut conns = Vec::new();
@@ -294,13 +295,13 @@ async fn target_outbound() {
 #[tokio::test(start_paused = true)]
 async fn target_outbound_composition() {
     for permanent_first in [true, false] {
-        let auto_peer = HoldingPeer::start().await;
+        let auto_peer = HoldingPeer::start_many(3).await;
         let p1 = HoldingPeer::start().await;
         let p2 = HoldingPeer::start().await;
         let (b, mut ev) = record(
             ConnManager::builder()
                 .target_outbound(3)
-                .address_source(fixed(auto_peer.addr)),
+                .address_source(cycle(auto_peer.addrs.clone())),
         );
         let handle = b.start().expect("start");
         let mut conns = Vec::new();
@@ -418,12 +419,12 @@ async fn max_retry_duration() {
 /// attempts go out at once, then one per retry base.
 #[tokio::test(start_paused = true)]
 async fn network_failure() {
-    let down = support::refused_addr().await;
+    let down = support::refused_addrs(5).await;
     let base = Duration::from_secs(5);
     let handle = ConnManager::builder()
         .target_outbound(5)
         .retry_base(base)
-        .address_source(fixed(down))
+        .address_source(cycle(down))
         .on_connection(|_| panic!("no connection can succeed"))
         .start()
         .expect("start");

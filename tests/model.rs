@@ -217,6 +217,12 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         };
                         m.requests.push((id, kind));
                     }
+                    // One request per address: a second is refused,
+                    // naming the first.
+                    Err(Error::Duplicate(first)) => {
+                        prop_assert!(!m.stopped);
+                        prop_assert!(m.requests.iter().any(|(id, _)| *id == first));
+                    }
                     Err(e) => prop_assert!(m.stopped && e == Error::Stopped, "{e}"),
                 }
             }
@@ -327,6 +333,9 @@ async fn check(
         .collect();
     let held: BTreeSet<ConnId> = m.held.keys().copied().collect();
     prop_assert_eq!(established, held);
+    // Never two outbound requests to one address.
+    let addrs: BTreeSet<SocketAddr> = snap.entries.iter().map(|e| e.info.addr).collect();
+    prop_assert_eq!(addrs.len(), snap.entries.len(), "no duplicate address");
     for id in &m.removed {
         prop_assert!(snap.get(*id).is_none(), "removed {id} is gone");
     }

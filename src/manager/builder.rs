@@ -14,6 +14,7 @@ use super::{
 use crate::{
     Dialer,
     backoff::{Backoff, DEFAULT_JITTER, InvalidBackoff, JitterRng},
+    policy::{Ban, Policy},
 };
 
 /// Configures and starts a connection manager.
@@ -34,7 +35,10 @@ pub struct Builder<A, D: Service<A>> {
     connect_timeout: Option<Duration>,
     fill: Option<FillTask<A, D>>,
     listeners: Vec<TcpListener>,
+    inbound_addr: Option<fn(SocketAddr) -> A>,
     max_inbound: Option<usize>,
+    policy: Policy,
+    bans: Vec<Ban>,
     callback_queue: usize,
     stop_grace: Duration,
     callbacks: Callbacks<D::Response, A>,
@@ -88,7 +92,10 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             fill: None,
             listeners: Vec::new(),
+            inbound_addr: None,
             max_inbound: Some(DEFAULT_MAX_INBOUND),
+            policy: Policy::new(),
+            bans: Vec::new(),
             callback_queue: DEFAULT_CALLBACK_QUEUE,
             stop_grace: DEFAULT_STOP_GRACE,
             callbacks: Callbacks::default(),
@@ -161,9 +168,30 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     }
 
     /// Accepts inbound connections on `listener`; the manager owns it and
-    /// closes it on stop. Requires [`on_accept`](Self::on_accept).
-    pub fn listener(mut self, listener: TcpListener) -> Self {
+    /// closes it on stop. Requires [`on_accept`](Self::on_accept). Inbound
+    /// connections are entries of the state map, with the peer's address as
+    /// an `A`.
+    pub fn listener(mut self, listener: TcpListener) -> Self
+    where
+        A: From<SocketAddr>,
+    {
         self.listeners.push(listener);
+        self.inbound_addr = Some(A::from);
+        self
+    }
+
+    /// The peer policy: duplicates, netgroup limits, inbound limits,
+    /// eviction and bans. See [`policy`](crate::policy). Default is
+    /// [`Policy::new`].
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Bans to start with, as exported by
+    /// [`Handle::bans`](super::Handle::bans); expired ones are dropped.
+    pub fn bans(mut self, bans: impl IntoIterator<Item = Ban>) -> Self {
+        self.bans.extend(bans);
         self
     }
 
@@ -197,7 +225,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     /// Called with each accepted inbound connection.
     pub fn on_accept<F>(mut self, f: F) -> Self
     where
-        F: Fn(Connection<TcpStream, SocketAddr>) + Send + Sync + 'static,
+        F: Fn(Connection<TcpStream, A>) + Send + Sync + 'static,
     {
         self.callbacks.on_accept = Some(Arc::new(f));
         self
@@ -289,7 +317,10 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             connect_timeout: self.connect_timeout,
             fill: self.fill,
             listeners: self.listeners,
+            inbound_addr: self.inbound_addr,
             max_inbound: self.max_inbound,
+            policy: self.policy,
+            bans: self.bans,
             callback_queue: self.callback_queue,
             stop_grace: self.stop_grace,
             callbacks: self.callbacks,

@@ -1,12 +1,15 @@
 //! The manager's validated configuration and its defaults.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
 use tower::Service;
 
 use super::{events::Callbacks, fill::FillTask};
-use crate::backoff::Backoff;
+use crate::{
+    backoff::Backoff,
+    policy::{Ban, Policy},
+};
 
 /// Default number of automatic outbound connections.
 pub const DEFAULT_TARGET_OUTBOUND: usize = 8;
@@ -42,7 +45,11 @@ pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) fill: Option<FillTask<A, D>>,
     pub(crate) listeners: Vec<TcpListener>,
+    /// How an inbound peer's address becomes an `A` (set with a listener).
+    pub(crate) inbound_addr: Option<fn(SocketAddr) -> A>,
     pub(crate) max_inbound: Option<usize>,
+    pub(crate) policy: Policy,
+    pub(crate) bans: Vec<Ban>,
     pub(crate) callback_queue: usize,
     pub(crate) stop_grace: Duration,
     pub(crate) callbacks: Callbacks<D::Response, A>,

@@ -18,7 +18,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, mpsc},
 };
 
-use super::{ConnId, ConnKind, ConnState, Direction, counters::gauge_moved, message::Dropped};
+use super::{ConnId, ConnKind, Direction, message::Dropped};
 
 /// What identifies a connection or request: its id, address and kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,52 +39,21 @@ impl<A> ConnInfo<A> {
 }
 
 /// State shared by a [`Connection`] and the manager: the close signal and
-/// what the connection holds until it ends.
+/// the outbound permit the connection holds, if any.
 pub(crate) struct Control {
     closed: AtomicBool,
     read: AtomicWaker,
     write: AtomicWaker,
-    held: Mutex<Option<Held>>,
-}
-
-/// What a connection holds until it ends: its limit permit, and its place in
-/// the connection gauge of its kind.
-struct Held {
-    _permit: Option<OwnedSemaphorePermit>,
-    kind: ConnKind,
-    counted: bool,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.counted {
-            gauge_moved(self.kind, Some(ConnState::Established), None);
-        }
-    }
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Control {
-    /// For an outbound connection: the manager keeps its gauge.
     pub(crate) fn new(permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
-        Self::holding(permit, ConnKind::Automatic, false)
-    }
-
-    /// For an inbound connection: counted in the gauge until it ends.
-    pub(crate) fn inbound(permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
-        gauge_moved(ConnKind::Inbound, None, Some(ConnState::Established));
-        Self::holding(permit, ConnKind::Inbound, true)
-    }
-
-    fn holding(permit: Option<OwnedSemaphorePermit>, kind: ConnKind, counted: bool) -> Arc<Self> {
         Arc::new(Self {
             closed: AtomicBool::new(false),
             read: AtomicWaker::new(),
             write: AtomicWaker::new(),
-            held: Mutex::new(Some(Held {
-                _permit: permit,
-                kind,
-                counted,
-            })),
+            permit: Mutex::new(permit),
         })
     }
 
@@ -99,11 +68,11 @@ impl Control {
 
     fn release(&self) {
         // A poisoned lock still holds a valid Option.
-        let held = match self.held.lock() {
+        let permit = match self.permit.lock() {
             Ok(mut guard) => guard.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
-        drop(held);
+        drop(permit);
     }
 
     #[inline]

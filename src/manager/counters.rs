@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tower::BoxError;
 
-use super::{ConnId, ConnKind, ConnState, Counters, Panicked};
+use super::{ConnId, ConnKind, ConnState, Counters, Panicked, types::Refusals};
+use crate::policy::Refusal;
 
 /// Counters and the id source.
 #[derive(Debug)]
@@ -26,8 +27,41 @@ pub(crate) struct Shared {
     consecutive_failures: AtomicU64,
     panics: AtomicU64,
     inbound_accepted: AtomicU64,
-    inbound_rejected: AtomicU64,
+    rejected: RefusalCounts,
+    skipped: RefusalCounts,
+    /// Automatic candidates skipped in a row: the fill task reads it.
+    skips_in_a_row: AtomicU64,
+    evicted: AtomicU64,
+    bans: AtomicU64,
     accept_errors: AtomicU64,
+}
+
+/// One counter per [`Refusal`].
+#[derive(Debug, Default)]
+struct RefusalCounts([AtomicU64; 5]);
+
+impl RefusalCounts {
+    fn add(&self, why: Refusal) {
+        let i = match why {
+            Refusal::Duplicate => 0,
+            Refusal::Banned => 1,
+            Refusal::NetgroupFull => 2,
+            Refusal::IpFull => 3,
+            Refusal::InboundFull => 4,
+        };
+        self.0[i].fetch_add(1, Relaxed);
+    }
+
+    fn load(&self) -> Refusals {
+        let [duplicate, banned, netgroup, ip, full] = self.0.each_ref().map(|n| n.load(Relaxed));
+        Refusals {
+            duplicate,
+            banned,
+            netgroup,
+            ip,
+            full,
+        }
+    }
 }
 
 impl Shared {
@@ -43,7 +77,11 @@ impl Shared {
             consecutive_failures: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             inbound_accepted: AtomicU64::new(0),
-            inbound_rejected: AtomicU64::new(0),
+            rejected: RefusalCounts::default(),
+            skipped: RefusalCounts::default(),
+            skips_in_a_row: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            bans: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
         }
     }
@@ -53,6 +91,7 @@ impl Shared {
     }
 
     pub(crate) fn counters(&self) -> Counters {
+        let rejected = self.rejected.load();
         Counters {
             dials: self.dials.load(Relaxed),
             failures: self.failures.load(Relaxed),
@@ -63,7 +102,11 @@ impl Shared {
             consecutive_failures: self.consecutive_failures.load(Relaxed),
             panics: self.panics.load(Relaxed),
             inbound_accepted: self.inbound_accepted.load(Relaxed),
-            inbound_rejected: self.inbound_rejected.load(Relaxed),
+            inbound_rejected: rejected.total(),
+            rejected,
+            skipped: self.skipped.load(),
+            evicted: self.evicted.load(Relaxed),
+            bans: self.bans.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
         }
     }
@@ -145,13 +188,48 @@ impl Shared {
         metrics::counter!(names::INBOUND_ACCEPTED).increment(1);
     }
 
-    /// Returns the number rejected so far.
-    pub(crate) fn inbound_rejected(&self, reason: &'static str) -> u64 {
+    /// An inbound peer closed before `on_accept`.
+    pub(crate) fn inbound_rejected(&self, why: Refusal) {
+        self.rejected.add(why);
         #[cfg(feature = "metrics")]
-        metrics::counter!(names::INBOUND_REJECTED, "reason" => reason).increment(1);
-        #[cfg(not(feature = "metrics"))]
-        let _ = reason;
-        self.inbound_rejected.fetch_add(1, Relaxed) + 1
+        metrics::counter!(names::INBOUND_REJECTED, "reason" => why.as_str()).increment(1);
+    }
+
+    pub(crate) fn evicted(&self) {
+        self.evicted.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::EVICTED).increment(1);
+    }
+
+    pub(crate) fn banned(&self) {
+        self.bans.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::BANS).increment(1);
+    }
+
+    // ===== skipped candidates (the actor and the fill task) =====
+
+    /// An automatic candidate the policy refused.
+    pub(crate) fn skipped(&self, why: Refusal) {
+        self.skipped.add(why);
+        self.skips_in_a_row.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(names::SKIPPED, "reason" => why.as_str()).increment(1);
+    }
+
+    /// An automatic candidate the policy let through.
+    pub(crate) fn candidate_taken(&self) {
+        self.skips_in_a_row.store(0, Relaxed);
+    }
+
+    /// Candidates skipped since the last one taken; the fill task resets it
+    /// when it waits.
+    pub(crate) fn skips_in_a_row(&self) -> u64 {
+        self.skips_in_a_row.load(Relaxed)
+    }
+
+    pub(crate) fn reset_skips(&self) {
+        self.skips_in_a_row.store(0, Relaxed);
     }
 
     pub(crate) fn accept_error(&self) {
@@ -177,7 +255,7 @@ impl Shared {
 
 /// Moves one connection of `kind` between the state gauges.
 #[inline]
-pub(crate) fn gauge_moved(kind: ConnKind, from: Option<ConnState>, to: Option<ConnState>) {
+fn gauge_moved(kind: ConnKind, from: Option<ConnState>, to: Option<ConnState>) {
     #[cfg(feature = "metrics")]
     {
         let gauge = |state| metrics::gauge!(names::CONNECTIONS, "kind" => kind_label(kind), "state" => state_label(state));
@@ -256,8 +334,16 @@ pub mod names {
     pub const PANICS: &str = "connmgr_panics_total";
     /// Counter: inbound connections accepted.
     pub const INBOUND_ACCEPTED: &str = "connmgr_inbound_accepted_total";
-    /// Counter: inbound connections rejected, by `reason` (`limit`).
+    /// Counter: inbound connections closed before `on_accept`, by `reason`
+    /// (`banned`, `ip`, `netgroup`, `full`).
     pub const INBOUND_REJECTED: &str = "connmgr_inbound_rejected_total";
+    /// Counter: automatic candidates skipped by the policy, by `reason`
+    /// (`duplicate`, `banned`, `netgroup`).
+    pub const SKIPPED: &str = "connmgr_candidates_skipped_total";
+    /// Counter: inbound connections evicted for a newcomer.
+    pub const EVICTED: &str = "connmgr_inbound_evicted_total";
+    /// Counter: bans made.
+    pub const BANS: &str = "connmgr_bans_total";
     /// Counter: errors from `accept`.
     pub const ACCEPT_ERRORS: &str = "connmgr_accept_errors_total";
     /// Gauge: entries of the state map by `kind` and `state`; inbound

@@ -8,7 +8,6 @@
 
 use std::{
     collections::VecDeque,
-    net::SocketAddr,
     panic::AssertUnwindSafe,
     sync::{
         Arc,
@@ -32,14 +31,14 @@ pub(crate) type Callback<T> = Arc<dyn Fn(T) + Send + Sync>;
 /// Something to tell the application.
 pub(crate) enum Event<IO, A> {
     Connected(Connection<IO, A>),
-    Accepted(Connection<TcpStream, SocketAddr>),
+    Accepted(Connection<TcpStream, A>),
     Disconnected(Disconnected<A>),
     DialFailed(DialFailure<A>),
 }
 
 /// The application's callbacks.
 pub(crate) struct Callbacks<IO, A> {
-    pub(crate) on_accept: Option<Callback<Connection<TcpStream, SocketAddr>>>,
+    pub(crate) on_accept: Option<Callback<Connection<TcpStream, A>>>,
     pub(crate) on_connection: Option<Callback<Connection<IO, A>>>,
     pub(crate) on_disconnection: Option<Callback<Disconnected<A>>>,
     pub(crate) on_dial_failure: Option<Callback<DialFailure<A>>>,

@@ -22,6 +22,10 @@ use tower::{BoxError, Service, ServiceExt};
 use super::{Address, AddressSource, DialService, counters::Shared, message::AutoDial};
 use crate::limit::OutboundLimit;
 
+/// How many candidates in a row the policy may skip before the fill task
+/// waits the retry base.
+const SKIPS_PER_ROUND: u64 = 32;
+
 /// The future of an automatic dial: the stack's, holding a permit.
 pub(crate) type AutoFuture<A, D> = <OutboundLimit<D> as Service<A>>::Future;
 
@@ -67,6 +71,15 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
                     svc = self.limited();
                     continue;
                 }
+            }
+            // A source that offers only candidates the policy skips (full
+            // netgroups, duplicates, bans) is asked a bounded number of
+            // times, then rests like a failing one.
+            if self.shared.skips_in_a_row() >= SKIPS_PER_ROUND {
+                self.shared.reset_skips();
+                self.shared.throttled();
+                tracing::debug!(wait = ?self.retry_base, "only skipped candidates: waiting");
+                tokio::time::sleep(self.retry_base).await;
             }
             if self.shared.consecutive_failures() >= u64::from(self.max_failures) {
                 self.shared.throttled();

@@ -1,12 +1,14 @@
 //! The application's side of the manager.
 
-use std::{fmt, net::SocketAddr, sync::Arc};
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    ConnId, ConnKind, ConnState, Counters, Error, Snapshot, counters::Shared, message::Command,
+    ConnId, ConnKind, ConnState, Counters, Error, Points, Snapshot, counters::Shared,
+    message::Command,
 };
+use crate::policy::{Ban, Subnet};
 
 /// Talks to a running manager. Cheap to clone; every clone talks to the same
 /// manager.
@@ -68,6 +70,11 @@ impl<A> Handle<A> {
     /// background and its outcome reaches `on_connection` or
     /// `on_dial_failure`. The request ends at its first failure or
     /// disconnect.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Duplicate`] when `addr` is connected or being dialed
+    /// already, [`Error::Banned`] when it is banned.
     pub async fn connect(&self, addr: A) -> Result<ConnId, Error> {
         self.request(addr, ConnKind::OneShot).await
     }
@@ -81,7 +88,7 @@ impl<A> Handle<A> {
 
     async fn request(&self, addr: A, kind: ConnKind) -> Result<ConnId, Error> {
         self.ask(|reply| Command::Connect { addr, kind, reply })
-            .await
+            .await?
     }
 
     /// Closes an established connection from the manager's side. A permanent
@@ -124,6 +131,63 @@ impl<A> Handle<A> {
     /// Every live entry of the state map and the counters.
     pub async fn snapshot(&self) -> Result<Snapshot<A>, Error> {
         self.ask(|reply| Command::Snapshot { reply }).await
+    }
+
+    /// Bans `subnet` (an address is its own `/32` or `/128`: `ip.into()`)
+    /// for `duration`: its connections are closed, its pending dials
+    /// dropped, and until the ban ends no dial goes to it (an automatic
+    /// candidate is skipped, an explicit request is [`Error::Banned`]) and
+    /// its inbound sockets are closed before `on_accept`.
+    pub async fn ban(
+        &self,
+        subnet: Subnet,
+        duration: Duration,
+        reason: impl Into<String>,
+    ) -> Result<(), Error> {
+        let reason = reason.into();
+        self.ask(|reply| Command::Ban {
+            subnet,
+            duration,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Lifts the ban of exactly `subnet`; `false` when there was none.
+    pub async fn unban(&self, subnet: Subnet) -> Result<bool, Error> {
+        self.ask(|reply| Command::Unban { subnet, reply }).await
+    }
+
+    /// The bans in force, to export and later restore with
+    /// [`Builder::bans`](super::Builder::bans).
+    pub async fn bans(&self) -> Result<Vec<Ban>, Error> {
+        self.ask(|reply| Command::Bans { reply }).await
+    }
+
+    /// Adds ban-score points to a connection for misbehaving (btcd's
+    /// `addBanScore`): a bare number is transient points, which halve every
+    /// minute; [`Points::persistent`] stay. Returns the score, decayed. At
+    /// the policy's threshold (100 by default) the peer's IP is banned for
+    /// the policy's ban duration (24 hours by default).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`] when no live entry has this id.
+    pub async fn misbehaving(
+        &self,
+        id: ConnId,
+        points: impl Into<Points>,
+        reason: impl Into<String>,
+    ) -> Result<u32, Error> {
+        let (points, reason) = (points.into(), reason.into());
+        self.ask(|reply| Command::Misbehaving {
+            id,
+            points,
+            reason,
+            reply,
+        })
+        .await?
     }
 
     /// The counters, read without asking the manager task. Works after stop.

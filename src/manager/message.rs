@@ -1,14 +1,16 @@
 //! The messages the manager task receives.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
+    net::TcpStream,
     sync::{OwnedSemaphorePermit, oneshot},
     time::Instant,
 };
 use tower::BoxError;
 
-use super::{ConnId, ConnKind, ConnState, Error, Panicked, Snapshot, connection::Control};
+use super::{ConnId, ConnKind, ConnState, Error, Panicked, Points, Snapshot, connection::Control};
+use crate::policy::{Ban, Subnet};
 
 /// A command from a [`Handle`](super::Handle); the reply goes back on the
 /// oneshot.
@@ -16,7 +18,7 @@ pub(crate) enum Command<A> {
     Connect {
         addr: A,
         kind: ConnKind,
-        reply: oneshot::Sender<ConnId>,
+        reply: oneshot::Sender<Result<ConnId, Error>>,
     },
     Disconnect {
         id: ConnId,
@@ -32,6 +34,25 @@ pub(crate) enum Command<A> {
     },
     Snapshot {
         reply: oneshot::Sender<Snapshot<A>>,
+    },
+    Ban {
+        subnet: Subnet,
+        duration: Duration,
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
+    Unban {
+        subnet: Subnet,
+        reply: oneshot::Sender<bool>,
+    },
+    Bans {
+        reply: oneshot::Sender<Vec<Ban>>,
+    },
+    Misbehaving {
+        id: ConnId,
+        points: Points,
+        reason: String,
+        reply: oneshot::Sender<Result<u32, Error>>,
     },
     Stop {
         close: bool,
@@ -62,4 +83,10 @@ pub(crate) struct Dialed<IO> {
 pub(crate) struct Dropped {
     pub(crate) id: ConnId,
     pub(crate) control: Arc<Control>,
+}
+
+/// A socket an accept loop took; the manager admits it or closes it.
+pub(crate) struct Accepted {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
 }

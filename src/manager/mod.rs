@@ -185,7 +185,7 @@ pub use self::{
     traits::{Address, AddressSource, DialService},
     types::{
         ConnId, ConnKind, ConnState, Counters, DialFailure, Direction, DisconnectReason,
-        Disconnected, Entry, Error, Panicked, Snapshot,
+        Disconnected, Entry, Error, Panicked, Points, Refusals, Snapshot,
     },
 };
 

@@ -1,10 +1,12 @@
 //! What the manager needs of the user's pieces: an address type, a dial
 //! stack and an address source.
 
-use std::{fmt, future::Future};
+use std::{fmt, future::Future, hash::Hash};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::{BoxError, Service};
+
+use crate::policy::PeerAddr;
 
 /// Where automatic outbound addresses come from (btcd's `GetNewAddress`).
 ///
@@ -30,13 +32,21 @@ where
     }
 }
 
-/// An address type the manager can work with: cloneable, printable (for
-/// logs and spans) and shareable across tasks. Every such type is one, e.g.
+/// An address type the manager can work with: cloneable, comparable (no
+/// two outbound requests to one address), printable (for logs and spans),
+/// shareable across tasks, and placed in a netgroup by
+/// [`PeerAddr`](crate::policy::PeerAddr). Every such type is one, e.g.
 /// `SocketAddr`, or a host name type for targets reachable only through a
 /// proxy.
-pub trait Address: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static {}
+pub trait Address:
+    Clone + Eq + Hash + fmt::Debug + fmt::Display + PeerAddr + Send + Sync + 'static
+{
+}
 
-impl<T> Address for T where T: Clone + fmt::Debug + fmt::Display + Send + Sync + 'static {}
+impl<T> Address for T where
+    T: Clone + Eq + Hash + fmt::Debug + fmt::Display + PeerAddr + Send + Sync + 'static
+{
+}
 
 /// A dial stack the manager can drive: a cloneable `Service<A>` whose
 /// response is a stream. Every such service is one: the default

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::ConnInfo;
+use crate::policy::{Ban, Refusal, Subnet};
 
 /// The id of a connection request. Ids start at 1 and are never reused
 /// within a manager.
@@ -127,6 +128,8 @@ pub struct Entry<A = SocketAddr> {
     pub next_attempt: Option<Instant>,
     /// Since when the connection is up, if it is.
     pub connected_since: Option<Instant>,
+    /// Its [`BanScore`](crate::policy::BanScore) now.
+    pub ban_score: u32,
 }
 
 impl<A> Entry<A> {
@@ -174,19 +177,67 @@ pub struct Counters {
     pub panics: u64,
     /// Inbound connections accepted and handed to `on_accept`.
     pub inbound_accepted: u64,
-    /// Inbound connections rejected by the inbound limit.
+    /// Inbound connections closed before `on_accept`, for any reason (the
+    /// sum of `rejected`).
     pub inbound_rejected: u64,
+    /// Inbound connections closed before `on_accept`, by reason.
+    pub rejected: Refusals,
+    /// Automatic candidates the policy skipped, by reason. They are not
+    /// dials and not failures.
+    pub skipped: Refusals,
+    /// Inbound connections evicted to make room for a newcomer from a
+    /// smaller netgroup.
+    pub evicted: u64,
+    /// Bans made (by `ban`, or by a ban score past the threshold).
+    pub bans: u64,
     /// Errors returned by `accept` (each followed by a backoff).
     pub accept_errors: u64,
+}
+
+/// Counts by [`Refusal`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refusals {
+    /// The address was connected or being dialed already.
+    pub duplicate: u64,
+    /// The address was banned.
+    pub banned: u64,
+    /// Its netgroup was full.
+    pub netgroup: u64,
+    /// Its IP address was full (inbound).
+    pub ip: u64,
+    /// `max_inbound` was reached and nobody could be evicted (inbound).
+    pub full: u64,
+}
+
+impl Refusals {
+    /// The count for one reason.
+    pub fn get(&self, why: Refusal) -> u64 {
+        match why {
+            Refusal::Duplicate => self.duplicate,
+            Refusal::Banned => self.banned,
+            Refusal::NetgroupFull => self.netgroup,
+            Refusal::IpFull => self.ip,
+            Refusal::InboundFull => self.full,
+        }
+    }
+
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.duplicate + self.banned + self.netgroup + self.ip + self.full
+    }
 }
 
 /// The state map and counters at one moment.
 #[derive(Clone, Debug)]
 pub struct Snapshot<A = SocketAddr> {
-    /// Every live request (pending, failing, established), ordered by id.
+    /// Every live request (pending, failing, established) and inbound
+    /// connection, ordered by id.
     pub entries: Vec<Entry<A>>,
     /// The counters.
     pub counters: Counters,
+    /// The bans in force.
+    pub bans: Vec<Ban>,
 }
 
 impl<A> Snapshot<A> {
@@ -242,6 +293,11 @@ pub enum DisconnectReason {
     Remove,
     /// [`Handle::stop_and_close`](super::Handle::stop_and_close) closed it.
     Stop,
+    /// Evicted to make room for an inbound peer from a smaller netgroup.
+    Evicted,
+    /// Its address was banned ([`Handle::ban`](super::Handle::ban), or a
+    /// ban score past the threshold).
+    Banned,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -251,6 +307,8 @@ impl fmt::Display for DisconnectReason {
             Self::Disconnect => "disconnected",
             Self::Remove => "removed",
             Self::Stop => "closed by stop",
+            Self::Evicted => "evicted",
+            Self::Banned => "banned",
         })
     }
 }
@@ -291,6 +349,41 @@ impl fmt::Display for Panicked {
 
 impl StdError for Panicked {}
 
+/// Ban-score points for [`Handle::misbehaving`](super::Handle::misbehaving):
+/// btcd's persistent part, which stays, and transient part, which halves
+/// every minute. A bare number is transient points.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Points {
+    /// Points that never decay.
+    pub persistent: u32,
+    /// Points that decay with a half-life of 60 s.
+    pub transient: u32,
+}
+
+impl Points {
+    /// Points that never decay.
+    pub fn persistent(points: u32) -> Self {
+        Self {
+            persistent: points,
+            transient: 0,
+        }
+    }
+
+    /// Points that decay.
+    pub fn transient(points: u32) -> Self {
+        Self {
+            persistent: 0,
+            transient: points,
+        }
+    }
+}
+
+impl From<u32> for Points {
+    fn from(points: u32) -> Self {
+        Self::transient(points)
+    }
+}
+
 /// Errors from a [`Handle`](super::Handle).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -302,6 +395,10 @@ pub enum Error {
     /// The request is not connected, so there is nothing to disconnect; use
     /// [`Handle::remove`](super::Handle::remove) to cancel it.
     NotEstablished(ConnId, ConnState),
+    /// The address is connected or being dialed already, by this request.
+    Duplicate(ConnId),
+    /// The address is banned, by this ban.
+    Banned(Subnet),
 }
 
 impl fmt::Display for Error {
@@ -312,6 +409,8 @@ impl fmt::Display for Error {
             Self::NotEstablished(id, state) => {
                 write!(f, "connection {id} is not established (it is {state})")
             }
+            Self::Duplicate(id) => write!(f, "the address is taken by connection {id}"),
+            Self::Banned(subnet) => write!(f, "the address is banned ({subnet})"),
         }
     }
 }

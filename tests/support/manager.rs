@@ -56,3 +56,14 @@ pub fn fixed(
 ) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
     move || std::future::ready(Some(addr))
 }
+
+/// An address source that offers `addrs` in turn.
+pub fn cycle(
+    addrs: Vec<SocketAddr>,
+) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
+    let mut next = 0usize;
+    move || {
+        next = next.wrapping_add(1);
+        std::future::ready(Some(addrs[next % addrs.len()]))
+    }
+}

@@ -67,10 +67,13 @@ where
 }
 
 /// A loopback peer that accepts connections and keeps them open, counting
-/// the accepts.
+/// the accepts. It may listen on several ports (`addrs`), one address per
+/// connection the manager may hold to it (the manager never makes two to
+/// one address).
 #[derive(Debug, Clone)]
 pub struct HoldingPeer {
     pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
     pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Sockets closed by the other side so far.
     pub closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -78,33 +81,42 @@ pub struct HoldingPeer {
 
 impl HoldingPeer {
     pub async fn start() -> Self {
+        Self::start_many(1).await
+    }
+
+    /// One peer on `n` loopback ports.
+    pub async fn start_many(n: usize) -> Self {
         use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind holding peer");
-        let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
-        let (a, c) = (accepted.clone(), closed.clone());
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                a.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 64];
-                    // Hold until the other side closes.
-                    loop {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind holding peer");
+            addrs.push(listener.local_addr().expect("addr"));
+            let (a, c) = (accepted.clone(), closed.clone());
+            tokio::spawn(async move {
+                while let Ok((mut sock, _)) = listener.accept().await {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 64];
+                        // Hold until the other side closes.
+                        loop {
+                            match sock.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(_) => {}
+                            }
                         }
-                    }
-                    c.fetch_add(1, Ordering::SeqCst);
-                });
-            }
-        });
+                        c.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+            });
+        }
         Self {
-            addr,
+            addr: addrs[0],
+            addrs,
             accepted,
             closed,
         }
@@ -117,6 +129,25 @@ impl HoldingPeer {
     pub fn closed(&self) -> usize {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// `n` loopback peers that accept each connection and close it at once.
+pub async fn closing_peers(n: usize) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for _ in 0..n {
+        addrs.push(closing_peer().await);
+    }
+    addrs
+}
+
+/// `n` loopback addresses on which nothing listens.
+pub async fn refused_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners =
+        futures_util::future::join_all((0..n).map(|_| TcpListener::bind("127.0.0.1:0"))).await;
+    listeners
+        .iter()
+        .map(|l| l.as_ref().expect("bind").local_addr().expect("addr"))
+        .collect()
 }
 
 /// A loopback peer that accepts each connection and closes it at once.

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::{Actor, LONGEST_DELAY, Slot, TOMBSTONES};
 use crate::manager::{
     Address, ConnId, ConnInfo, ConnKind, ConnState, Connection, DialFailure, DialService,
-    DisconnectReason, Disconnected,
+    DisconnectReason, Disconnected, Error,
     connection::Control,
     counters::Shared,
     dial,
@@ -17,11 +17,20 @@ use crate::manager::{
     fill::AutoFuture,
     message::{AutoDial, Dialed, Dropped, Io},
 };
+use crate::policy::{BanScore, state::Place};
 
 impl<A: Address, D: DialService<A>> Actor<A, D> {
     // ===== dials =====
 
-    pub(super) fn insert(&mut self, id: ConnId, addr: A, kind: ConnKind) -> &mut Slot<A> {
+    /// Adds an entry to the map; `place` is what it counts for in the
+    /// policy, and it is `Pending` until it connects.
+    pub(super) fn insert(
+        &mut self,
+        id: ConnId,
+        addr: A,
+        kind: ConnKind,
+        place: Place,
+    ) -> &mut Slot<A> {
         let span = tracing::debug_span!("conn", %id, %addr, %kind);
         self.shared
             .state_changed(kind, None, Some(ConnState::Pending));
@@ -35,8 +44,31 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             next_attempt: None,
             since: None,
             control: None,
+            place,
+            score: BanScore::default(),
             span,
         })
+    }
+
+    /// An explicit request, if the policy allows it.
+    pub(super) fn connect(&mut self, addr: A, kind: ConnKind) -> Result<ConnId, Error> {
+        if let Some(existing) = self.peers.outbound_to(&addr) {
+            tracing::debug!(%addr, %existing, "connection request refused: duplicate");
+            return Err(Error::Duplicate(existing));
+        }
+        if let Some(ban) = addr
+            .ip()
+            .and_then(|ip| self.peers.banned(ip, Instant::now()))
+        {
+            tracing::debug!(%addr, %ban, "connection request refused: banned");
+            return Err(Error::Banned(ban));
+        }
+        let id = self.shared.next_id();
+        let place = self.peers.add_outbound(&addr, id, false);
+        let slot = self.insert(id, addr, kind, place);
+        tracing::debug!(parent: &slot.span, %kind, "connection requested");
+        self.start_dial(id);
+        Ok(id)
     }
 
     /// Dials an explicit request: its first attempt, or a retry.
@@ -53,8 +85,17 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     }
 
     pub(super) fn on_auto_dial(&mut self, dial: AutoDial<A, AutoFuture<A, D>>) {
+        if let Err(why) = self.peers.may_dial(&dial.addr, true, Instant::now()) {
+            // Not a dial and not a failure; dropping the future frees the
+            // permit for the next candidate.
+            tracing::debug!(addr = %dial.addr, %why, "automatic candidate skipped");
+            self.shared.skipped(why);
+            return;
+        }
+        self.shared.candidate_taken();
         let id = self.shared.next_id();
-        let slot = self.insert(id, dial.addr, ConnKind::Automatic);
+        let place = self.peers.add_outbound(&dial.addr, id, true);
+        let slot = self.insert(id, dial.addr, ConnKind::Automatic, place);
         slot.attempts = 1;
         slot.started = dial.started;
         tracing::debug!(parent: &slot.span, "dialing automatic peer");
@@ -243,6 +284,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             if let Some((_, key)) = slot.next_attempt {
                 self.retries.remove(&key);
             }
+            self.peers.remove(Some(&slot.info.addr), id, slot.place);
             self.shared
                 .state_changed(slot.info.kind, Some(slot.state), None);
         }
@@ -253,7 +295,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     }
 }
 
-fn set_state<A>(shared: &Shared, slot: &mut Slot<A>, state: ConnState) {
+pub(super) fn set_state<A>(shared: &Shared, slot: &mut Slot<A>, state: ConnState) {
     shared.state_changed(slot.info.kind, Some(slot.state), Some(state));
     slot.state = state;
 }

@@ -37,17 +37,24 @@ use super::{
     counters::Shared,
     events::{self, Outbox},
     fill::{AutoFuture, Fill},
-    message::{AutoDial, Command, Dialed, Dropped},
+    message::{Accepted, AutoDial, Command, Dialed, Dropped},
 };
-use crate::backoff::Backoff;
+use crate::{
+    backoff::Backoff,
+    policy::{BanScore, state::Place, state::PolicyState},
+};
 
 mod lifecycle;
+mod policy;
 
 /// How many ended requests `state` still knows about.
 const TOMBSTONES: usize = 1024;
 
 /// How many queued messages of one kind the manager takes at once.
 pub(crate) const BATCH: usize = 64;
+
+/// Accepted sockets waiting for the manager, over all listeners.
+const ACCEPT_QUEUE: usize = 16;
 
 /// The longest retry delay the manager schedules: the timer wheel's range
 /// is about two years.
@@ -66,6 +73,9 @@ struct Slot<A> {
     next_attempt: Option<(Instant, delay_queue::Key)>,
     since: Option<Instant>,
     control: Option<Arc<Control>>,
+    /// What it counts for in the policy.
+    place: Place,
+    score: BanScore,
     span: Span,
 }
 
@@ -86,11 +96,15 @@ pub(crate) struct Actor<A, D: Service<A>> {
     wants: Wants,
     shared: Arc<Shared>,
     slots: BTreeMap<ConnId, Slot<A>>,
+    peers: PolicyState<A, ConnId>,
     retries: DelayQueue<ConnId>,
     ended: VecDeque<(ConnId, ConnState)>,
     commands: mpsc::Receiver<Command<A>>,
     /// From the fill task; `None` without one.
     auto: Option<mpsc::Receiver<AutoDial<A, AutoFuture<A, D>>>>,
+    /// From the accept loops; `None` without listeners.
+    accepted: Option<mpsc::Receiver<Accepted>>,
+    inbound_addr: Option<fn(std::net::SocketAddr) -> A>,
     // Bounded by the live requests: one result per dial in flight.
     results_tx: mpsc::UnboundedSender<Dialed<D::Response>>,
     results: mpsc::UnboundedReceiver<Dialed<D::Response>>,
@@ -145,11 +159,16 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
             rt,
         );
     }
-    let inbound = config.max_inbound.map(|n| Arc::new(Semaphore::new(n)));
-    for listener in config.listeners {
-        let task = accept::run(listener, inbound.clone(), shared.clone(), events_tx.clone());
-        tasks.spawn_on(task, rt);
+    let mut accepted = None;
+    if !config.listeners.is_empty() {
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        accepted = Some(rx);
+        for listener in config.listeners {
+            tasks.spawn_on(accept::run(listener, shared.clone(), tx.clone()), rt);
+        }
     }
+    let mut peers = PolicyState::new(config.policy, config.max_inbound);
+    peers.restore(config.bans, Instant::now());
 
     let (results_tx, results) = mpsc::unbounded_channel();
     let (dropped_tx, dropped) = mpsc::unbounded_channel();
@@ -162,10 +181,13 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         wants,
         shared: shared.clone(),
         slots: BTreeMap::new(),
+        peers,
         retries: DelayQueue::new(),
         ended: VecDeque::with_capacity(TOMBSTONES),
         commands,
         auto,
+        accepted,
+        inbound_addr: config.inbound_addr,
         results_tx,
         results,
         dropped_tx,
@@ -183,8 +205,8 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
 impl<A: Address, D: DialService<A>> Actor<A, D> {
     pub(crate) async fn run(mut self) {
         tracing::debug!("connection manager started");
-        let (mut commands, mut results, mut dropped, mut autos) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut commands, mut results, mut dropped, mut autos, mut inbound) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let stop = 'run: loop {
             let behind = self.outbox.is_behind();
             tokio::select! {
@@ -220,6 +242,13 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                     }
                     autos.drain(..).for_each(|d| self.on_auto_dial(d));
                 }
+                // No accept either.
+                n = recv_many(&mut self.accepted, &mut inbound), if !behind => {
+                    if n == 0 {
+                        self.accepted = None;
+                    }
+                    inbound.drain(..).for_each(|a| self.on_accepted(a));
+                }
             }
         };
         let (close, reply) = stop.unzip();
@@ -234,11 +263,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     fn on_command(&mut self, cmd: Command<A>) {
         match cmd {
             Command::Connect { addr, kind, reply } => {
-                let id = self.shared.next_id();
-                let slot = self.insert(id, addr, kind);
-                tracing::debug!(parent: &slot.span, %kind, "connection requested");
-                self.start_dial(id);
-                let _ = reply.send(id);
+                let _ = reply.send(self.connect(addr, kind));
             }
             Command::Disconnect { id, reply } => {
                 let result = match self.slots.get(&id) {
@@ -254,7 +279,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 let _ = reply.send(result);
             }
             Command::Remove { id, reply } => {
-                let _ = reply.send(self.remove(id));
+                let _ = reply.send(self.close(id, DisconnectReason::Remove));
             }
             Command::State { id, reply } => {
                 let state = match self.slots.get(&id) {
@@ -270,28 +295,42 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 let _ = reply.send(state);
             }
             Command::Snapshot { reply } => {
-                let entries = self.slots.values().map(Slot::entry).collect();
+                let now = Instant::now();
+                let entries = self.slots.values().map(|s| s.entry(now)).collect();
                 let counters = self.shared.counters();
-                let _ = reply.send(Snapshot { entries, counters });
+                let bans = self.peers.bans(now);
+                let _ = reply.send(Snapshot {
+                    entries,
+                    counters,
+                    bans,
+                });
+            }
+            Command::Ban {
+                subnet,
+                duration,
+                reason,
+                reply,
+            } => {
+                self.ban(subnet, duration, reason);
+                let _ = reply.send(());
+            }
+            Command::Unban { subnet, reply } => {
+                let _ = reply.send(self.peers.unban(subnet));
+            }
+            Command::Bans { reply } => {
+                let _ = reply.send(self.peers.bans(Instant::now()));
+            }
+            Command::Misbehaving {
+                id,
+                points,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.misbehaving(id, points, reason));
             }
             // `run` handles Stop itself.
             Command::Stop { .. } => {}
         }
-    }
-
-    fn remove(&mut self, id: ConnId) -> Result<(), Error> {
-        let slot = self.slots.get_mut(&id).ok_or(Error::UnknownId(id))?;
-        if slot.state == ConnState::Established {
-            self.connection_ended(id, DisconnectReason::Remove);
-            return Ok(());
-        }
-        if let Some(dial) = slot.dial.take() {
-            dial.abort();
-            self.shared.dial_canceled();
-        }
-        tracing::debug!(parent: &slot.span, "request removed");
-        self.end(id, ConnState::Canceled);
-        Ok(())
     }
 
     // ===== stop =====
@@ -303,7 +342,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     /// period to run what is queued.
     async fn stop(mut self, close: bool) {
         self.tasks.shutdown().await;
-        self.auto = None;
+        // Sockets accepted but not yet admitted are closed.
+        (self.auto, self.accepted) = (None, None);
         for slot in self.slots.values_mut() {
             if let Some(dial) = slot.dial.take() {
                 dial.abort();
@@ -354,13 +394,14 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
 }
 
 impl<A: Clone> Slot<A> {
-    fn entry(&self) -> Entry<A> {
+    fn entry(&self, now: Instant) -> Entry<A> {
         Entry {
             info: self.info.clone(),
             state: self.state,
             attempts: self.attempts,
             next_attempt: self.next_attempt.map(|(at, _)| at),
             connected_since: self.since,
+            ban_score: self.score.score(now),
         }
     }
 }
