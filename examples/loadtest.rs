@@ -15,6 +15,7 @@
 //! cargo run --release --example loadtest -- refused [--target 125] [--count 20000] [--rounds 5]
 //! cargo run --release --example loadtest -- stop    [--target 10000] [--inflight 1000]
 //! cargo run --release --example loadtest -- soak    [--target 125] [--count 1000000]
+//! cargo run --release --example loadtest -- accept  [--target 10000] [--rounds 3]
 //! ```
 //!
 //! Scenarios:
@@ -30,6 +31,10 @@
 //!   throttle off, then a check that with it on the rate keeps its promise.
 //! - `stop`: `target` connections held and `inflight` dials hanging; the time
 //!   `stop_and_close` takes, and whether any task or socket is left.
+//! - `accept`: the manager's accept path (the policy checks, an entry per
+//!   connection) against a raw tokio accept loop, each in its own child
+//!   process holding `target` inbound connections that this process opens
+//!   (256 connects in flight); accept rate and memory per inbound connection.
 //! - `soak`: one manager churns `count` connections; open descriptors and
 //!   RSS at the start, at every tenth of the way and at the end. Passes when
 //!   RSS stays within 10 % of its value at the first tenth and descriptors
@@ -48,7 +53,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmgr::manager::{ConnManager, ConnState};
+use connmgr::{
+    manager::{Builder, ConnState, Handle},
+    policy::PeerAddr,
+};
 use tokio::{
     io::AsyncReadExt,
     net::{TcpListener, TcpStream},
@@ -76,9 +84,9 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
     let scenario = args
         .first()
         .cloned()
-        .ok_or("usage: loadtest <churn|hold|refused|stop|soak> [options]")?;
+        .ok_or("usage: loadtest <churn|hold|refused|stop|soak|accept> [options]")?;
     let (target, count) = match scenario.as_str() {
-        "hold" | "stop" => (10_000, 0),
+        "hold" | "stop" | "accept" => (10_000, 0),
         "soak" => (125, 1_000_000),
         _ => (125, 20_000),
     };
@@ -86,7 +94,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
         scenario,
         target,
         count,
-        rounds: if args.first().is_some_and(|s| s == "hold") {
+        rounds: if args.first().is_some_and(|s| s == "hold" || s == "accept") {
             3
         } else {
             5
@@ -120,6 +128,7 @@ fn main() -> Result<(), Error> {
     match args.first().map(String::as_str) {
         Some("__farm") => return farm(&args[1..]),
         Some("__hold") => return hold_child(&args[1..]),
+        Some("__accept") => return accept_child(&args[1..]),
         _ => {}
     }
     let opts = parse_opts(&args)?;
@@ -133,6 +142,7 @@ fn main() -> Result<(), Error> {
         "refused" => rt.block_on(refused(&opts)),
         "stop" => rt.block_on(stop(&opts)),
         "soak" => rt.block_on(soak(&opts)),
+        "accept" => rt.block_on(accept(&opts)),
         other => Err(format!("unknown scenario {other}").into()),
     }
 }
@@ -365,13 +375,54 @@ fn refused_addrs(n: usize) -> Result<Vec<SocketAddr>, Error> {
         .collect::<Result<_, _>>()?)
 }
 
+/// A farm address with a serial number. The manager never makes two
+/// connections to one address, and this test keeps thousands of
+/// connections to a few listeners; so each candidate is a distinct
+/// (address, serial) pair, and the dial stack dials the address. On
+/// loopback the netgroup rules do not apply; the duplicate check runs for
+/// every candidate, as it would for real addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Tagged {
+    addr: SocketAddr,
+    serial: u64,
+}
+
+impl std::fmt::Display for Tagged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.addr, self.serial)
+    }
+}
+
+impl PeerAddr for Tagged {
+    fn ip(&self) -> Option<std::net::IpAddr> {
+        Some(self.addr.ip())
+    }
+}
+
+fn untag(t: Tagged) -> SocketAddr {
+    t.addr
+}
+
+type TaggedDialer = tower::util::MapRequest<connmgr::Dialer, fn(Tagged) -> SocketAddr>;
+
+/// The manager's default stack (TCP, `TCP_NODELAY`, the manager's own
+/// connect timeout) behind the tag.
+fn builder() -> Builder<Tagged, TaggedDialer> {
+    let dialer = connmgr::DialStack::new().timeout(None).build();
+    Builder::new(tower::util::MapRequest::new(
+        dialer,
+        untag as fn(Tagged) -> SocketAddr,
+    ))
+}
+
 fn round_robin(
     addrs: Vec<SocketAddr>,
-) -> impl FnMut() -> std::future::Ready<Option<SocketAddr>> + Send + 'static {
-    let mut i = 0usize;
+) -> impl FnMut() -> std::future::Ready<Option<Tagged>> + Send + 'static {
+    let mut serial = 0u64;
     move || {
-        i = i.wrapping_add(1);
-        std::future::ready(Some(addrs[i % addrs.len()]))
+        serial = serial.wrapping_add(1);
+        let addr = addrs[serial as usize % addrs.len()];
+        std::future::ready(Some(Tagged { addr, serial }))
     }
 }
 
@@ -385,11 +436,11 @@ fn counting_manager(
     addrs: Vec<SocketAddr>,
     target: usize,
     count: u64,
-) -> Result<(connmgr::manager::Handle, Arc<Notify>), Error> {
+) -> Result<(Handle<Tagged>, Arc<Notify>), Error> {
     let seen = AtomicU64::new(0);
     let done = Arc::new(Notify::new());
     let notify = done.clone();
-    let handle = ConnManager::builder()
+    let handle = builder()
         .target_outbound(target)
         .address_source(round_robin(addrs))
         .on_connection(move |mut conn| {
@@ -678,7 +729,7 @@ fn hold(o: &Opts) -> Result<(), Error> {
 
 async fn refused_connmgr(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
     let meter = Meter::start();
-    let handle = ConnManager::builder()
+    let handle = builder()
         .target_outbound(target)
         .max_failures(u32::MAX)
         .address_source(round_robin(addrs.to_vec()))
@@ -732,7 +783,7 @@ async fn refused(o: &Opts) -> Result<(), Error> {
     // With the throttle on: 25 failures at once, then one dial per retry base.
     let base = Duration::from_millis(100);
     let window = Duration::from_secs(1);
-    let handle = ConnManager::builder()
+    let handle = builder()
         .target_outbound(o.target)
         .retry_base(base)
         .address_source(round_robin(addrs.clone()))
@@ -771,8 +822,9 @@ async fn stop(o: &Opts) -> Result<(), Error> {
     tokio::time::timeout(ROUND_LIMIT, full.notified())
         .await
         .map_err(|_| "stop: fill timed out")?;
-    for _ in 0..o.inflight {
-        handle.connect(stall.addrs[0]).await?;
+    for serial in 0..o.inflight as u64 {
+        let addr = stall.addrs[0];
+        handle.connect(Tagged { addr, serial }).await?;
     }
     // Let the stalled dials get going: at most the backlog's worth connect.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -869,4 +921,171 @@ async fn soak(o: &Opts) -> Result<(), Error> {
     } else {
         Err("soak: memory grew or descriptors leaked".into())
     }
+}
+
+// ===== accept =====
+
+/// One side of `accept`, in its own process: listen, print the address,
+/// hold `target` inbound connections, print the memory, and exit when the
+/// parent closes standard input.
+fn accept_child(args: &[String]) -> Result<(), Error> {
+    let side = args.first().ok_or("side")?.clone();
+    let target: usize = args.get(1).ok_or("target")?.parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        // A backlog that holds the connects in flight, on both sides.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let listener = socket.listen(4096)?;
+        let addr = listener.local_addr()?;
+        let base = status_kib("VmRSS:");
+        let held = Arc::new(AtomicUsize::new(0));
+        let full = Arc::new(Notify::new());
+        let hold = move |mut io: Box<dyn HoldIo>, held: &AtomicUsize, full: &Notify| {
+            if held.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                full.notify_one();
+            }
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        };
+        let handle = if side == "connmgr" {
+            let (h, f) = (held.clone(), full.clone());
+            let handle = connmgr::manager::ConnManager::builder()
+                .max_inbound(None)
+                .listener(listener)
+                .on_accept(move |conn| hold(Box::new(conn), &h, &f))
+                .start()?;
+            Some(handle)
+        } else {
+            let (h, f) = (held.clone(), full.clone());
+            tokio::spawn(async move {
+                while let Ok((sock, _)) = listener.accept().await {
+                    hold(Box::new(sock), &h, &f);
+                }
+            });
+            None
+        };
+        // Accepting now: the parent may connect.
+        tokio::task::yield_now().await;
+        println!("{addr}");
+        std::io::stdout().flush()?;
+        tokio::time::timeout(ROUND_LIMIT, full.notified())
+            .await
+            .map_err(|_| "accept: fill timed out")?;
+        println!("accepted");
+        std::io::stdout().flush()?;
+        // Let allocations settle before reading memory.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        println!(
+            "base_kib={base} rss_kib={} peak_kib={}",
+            status_kib("VmRSS:"),
+            status_kib("VmHWM:")
+        );
+        std::io::stdout().flush()?;
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            let _ = std::io::stdin().read_line(&mut sink);
+        })
+        .await?;
+        if let Some(h) = handle {
+            h.stop_and_close().await;
+        }
+        Ok::<_, Error>(())
+    })
+}
+
+/// A held inbound stream: a `Connection` or a `TcpStream`.
+trait HoldIo: tokio::io::AsyncRead + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + Unpin + Send> HoldIo for T {}
+
+/// Opens `target` connections to `addr`, 256 in flight at a time.
+async fn open_clients(addr: SocketAddr, target: usize) -> Result<Vec<TcpStream>, Error> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(target);
+    for _ in 0..target {
+        let permit = limit.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let sock = TcpStream::connect(addr).await;
+            drop(permit);
+            sock
+        }));
+    }
+    let mut clients = Vec::with_capacity(target);
+    for t in tasks {
+        clients.push(t.await??);
+    }
+    Ok(clients)
+}
+
+async fn accept(o: &Opts) -> Result<(), Error> {
+    println!(
+        "accept: {} inbound connections per side, {} rounds, each side in its own process",
+        o.target, o.rounds
+    );
+    let run = |side: &'static str| async move {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["__accept", side, &o.target.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("child stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let addr: SocketAddr = line.trim().parse()?;
+        let start = Instant::now();
+        let clients = open_clients(addr, o.target).await?;
+        let (out, line) = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let ok = out.read_line(&mut line).is_ok() && line.trim() == "accepted";
+            let wall = start.elapsed();
+            line.clear();
+            let _ = out.read_line(&mut line);
+            (ok.then_some(wall), line)
+        })
+        .await?;
+        drop(clients);
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let wall = out.ok_or(format!("{side} child failed"))?;
+        let field = |name: &str| -> Option<f64> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        let (base, peak) = field("base_kib")
+            .zip(field("peak_kib"))
+            .ok_or("child memory")?;
+        let rate = o.target as f64 / wall.as_secs_f64();
+        Ok::<_, Error>((rate, (peak - base) * 1024.0 / o.target as f64))
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        let x = run("connmgr").await?;
+        let y = run("raw").await?;
+        println!(
+            "round {round}: connmgr {:.0} accepts/s, {:.0} B/conn   raw {:.0} accepts/s, {:.0} B/conn",
+            x.0, x.1, y.0, y.1
+        );
+        a.push(x);
+        b.push(y);
+    }
+    let rate_ratio = median(a.iter().zip(&b).map(|(x, y)| x.0 / y.0).collect());
+    let mem_a = median(a.iter().map(|x| x.1).collect());
+    let mem_b = median(b.iter().map(|y| y.1).collect());
+    println!(
+        "memory per inbound connection: connmgr {mem_a:.0} B, raw {mem_b:.0} B, difference {:.0} B",
+        mem_a - mem_b
+    );
+    println!(
+        "accept target={} rounds={} connmgr={:.1} raw={:.1} ratio={rate_ratio:.3} connmgr_bytes_per_conn={mem_a:.0} raw_bytes_per_conn={mem_b:.0}",
+        o.target,
+        o.rounds,
+        median(a.iter().map(|x| x.0).collect()),
+        median(b.iter().map(|y| y.0).collect()),
+    );
+    Ok(())
 }

@@ -86,14 +86,19 @@ impl HoldingPeer {
 
     /// One peer on `n` loopback ports.
     pub async fn start_many(n: usize) -> Self {
+        Self::start_on(vec![std::net::Ipv4Addr::LOCALHOST; n]).await
+    }
+
+    /// One peer listening on each of these loopback addresses (127.a.b.c,
+    /// which Linux routes to `lo`), on a free port.
+    pub async fn start_on(ips: Vec<std::net::Ipv4Addr>) -> Self {
         use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
         let mut addrs = Vec::new();
-        for _ in 0..n {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind holding peer");
+        for ip in ips {
+            assert!(ip.is_loopback(), "tests only use loopback addresses");
+            let listener = TcpListener::bind((ip, 0)).await.expect("bind holding peer");
             addrs.push(listener.local_addr().expect("addr"));
             let (a, c) = (accepted.clone(), closed.clone());
             tokio::spawn(async move {
@@ -198,4 +203,13 @@ pub async fn settle() {
     for _ in 0..2_000 {
         tokio::task::yield_now().await;
     }
+}
+
+/// Connects to `target` from the loopback address `from` (127.a.b.c), as a
+/// peer from that address would.
+pub async fn connect_from(from: std::net::Ipv4Addr, target: SocketAddr) -> tokio::net::TcpStream {
+    assert!(from.is_loopback(), "tests only use loopback addresses");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind((from, 0).into()).expect("bind source address");
+    socket.connect(target).await.expect("connect")
 }
