@@ -86,6 +86,7 @@ pub mod connect;
 pub mod limit;
 pub mod manager;
 pub mod policy;
+pub mod resolve;
 pub mod retry;
 pub mod socks;
 pub mod stack;

@@ -140,6 +140,14 @@ impl DialStack {
         self
     }
 
+    /// The resolver that matches this stack: through the SOCKS5 proxy when
+    /// dials go through one (Tor's RESOLVE, so no DNS query goes around the
+    /// proxy), the system's otherwise. Seed with it
+    /// ([`DnsSeeder`](crate::seed::DnsSeeder)).
+    pub fn resolver(&self) -> crate::resolve::DefaultResolver {
+        crate::resolve::DefaultResolver::for_proxy(self.socks5.as_ref().map(Socks5Layer::proxy))
+    }
+
     /// Assembles the stack.
     pub fn build(self) -> Dialer {
         let transport = match self.socks5 {

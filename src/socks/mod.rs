@@ -41,7 +41,7 @@
 //! [tokio-socks]: https://docs.rs/tokio-socks
 
 mod error;
-mod recorder;
+pub(crate) mod recorder;
 
 pub use self::error::{InvalidCredentials, ReplyCode, Socks5Error, Socks5ErrorKind};
 /// Targets the layer accepts: anything tokio-socks can put in a request

@@ -20,14 +20,14 @@ use super::{ReplyCode, Socks5Error, Socks5ErrorKind};
 const KEEP: usize = 8;
 
 #[derive(Debug)]
-pub(super) struct Recorder<IO> {
+pub(crate) struct Recorder<IO> {
     io: IO,
     head: [u8; KEEP],
     len: usize,
 }
 
 impl<IO> Recorder<IO> {
-    pub(super) fn new(io: IO) -> Self {
+    pub(crate) fn new(io: IO) -> Self {
         Self {
             io,
             head: [0; KEEP],
@@ -35,7 +35,7 @@ impl<IO> Recorder<IO> {
         }
     }
 
-    pub(super) fn into_inner(self) -> IO {
+    pub(crate) fn into_inner(self) -> IO {
         self.io
     }
 
@@ -50,7 +50,7 @@ impl<IO> Recorder<IO> {
         if self.byte(1) == Some(0x02) { 4 } else { 2 }
     }
 
-    pub(super) fn classify(&self, err: tokio_socks::Error, proxy: SocketAddr) -> Socks5Error {
+    pub(crate) fn classify(&self, err: tokio_socks::Error, proxy: SocketAddr) -> Socks5Error {
         use tokio_socks::Error as E;
         let reply = self.reply_offset();
         let kind = match &err {

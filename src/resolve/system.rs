@@ -1,0 +1,47 @@
+use std::{
+    io,
+    task::{Context, Poll},
+};
+
+use tower::Service;
+
+use super::{Addrs, Name, ResolveError, ResolveErrorKind, Resolving};
+
+/// The operating system's resolver (`getaddrinfo`, through tokio's
+/// `lookup_host`, on tokio's blocking pool).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SystemResolver;
+
+impl SystemResolver {
+    /// The system's resolver.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Service<Name> for SystemResolver {
+    type Response = Addrs;
+    type Error = ResolveError;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await;
+            let fail = |kind, e: io::Error| ResolveError::new(kind, name.as_str(), Some(e.into()));
+            let mut addrs: Addrs = found
+                .map_err(|e| fail(ResolveErrorKind::Failed, e))?
+                .map(|sa| sa.ip())
+                .collect();
+            addrs.dedup();
+            if addrs.is_empty() {
+                return Err(ResolveError::new(ResolveErrorKind::NotFound, name.as_str(), None));
+            }
+            Ok(addrs)
+        })
+    }
+}
