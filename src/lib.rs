@@ -88,6 +88,7 @@ pub mod manager;
 pub mod policy;
 pub mod resolve;
 pub mod retry;
+pub mod seed;
 pub mod socks;
 pub mod stack;
 

@@ -10,11 +10,13 @@ use super::{
     config::*,
     events::Callbacks,
     fill::{self, FillTask},
+    traits::Observer,
 };
 use crate::{
     Dialer,
     backoff::{Backoff, DEFAULT_JITTER, InvalidBackoff, JitterRng},
     policy::{Ban, Policy},
+    seed::AddressBook,
 };
 
 /// Configures and starts a connection manager.
@@ -38,6 +40,7 @@ pub struct Builder<A, D: Service<A>> {
     inbound_addr: Option<fn(SocketAddr) -> A>,
     max_inbound: Option<usize>,
     policy: Policy,
+    observer: Option<Arc<dyn Observer<A>>>,
     bans: Vec<Ban>,
     callback_queue: usize,
     stop_grace: Duration,
@@ -70,6 +73,17 @@ impl Builder<SocketAddr, Dialer> {
     }
 }
 
+impl<D: DialService<SocketAddr>> Builder<SocketAddr, D> {
+    /// Draws automatic peers from `book` (it becomes the address source, see
+    /// [`seed`](crate::seed)) and tells it how each outbound dial went: a
+    /// connection marks an address good and its netgroup taken, failures
+    /// back it off and finally drop it.
+    pub fn address_book(mut self, book: AddressBook) -> Self {
+        self.observer = Some(Arc::new(book.clone()));
+        self.address_source(book)
+    }
+}
+
 impl<A: Address, D: DialService<A>> Builder<A, D> {
     /// A builder that dials with `dialer`, any `Service<A>` whose response is
     /// a stream: the default [`Dialer`], a [`ServiceBuilder`] stack with your
@@ -95,6 +109,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             inbound_addr: None,
             max_inbound: Some(DEFAULT_MAX_INBOUND),
             policy: Policy::new(),
+            observer: None,
             bans: Vec::new(),
             callback_queue: DEFAULT_CALLBACK_QUEUE,
             stop_grace: DEFAULT_STOP_GRACE,
@@ -320,6 +335,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             inbound_addr: self.inbound_addr,
             max_inbound: self.max_inbound,
             policy: self.policy,
+            observer: self.observer,
             bans: self.bans,
             callback_queue: self.callback_queue,
             stop_grace: self.stop_grace,

@@ -49,6 +49,7 @@ pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) inbound_addr: Option<fn(SocketAddr) -> A>,
     pub(crate) max_inbound: Option<usize>,
     pub(crate) policy: Policy,
+    pub(crate) observer: Option<std::sync::Arc<dyn super::traits::Observer<A>>>,
     pub(crate) bans: Vec<Ban>,
     pub(crate) callback_queue: usize,
     pub(crate) stop_grace: Duration,

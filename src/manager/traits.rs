@@ -72,3 +72,25 @@ where
     S::Future: Send + 'static,
 {
 }
+
+/// Told how each outbound dial went: an address book learning from
+/// outcomes. Runs on the manager task, so it must be quick.
+pub(crate) trait Observer<A>: Send + Sync + 'static {
+    fn connected(&self, addr: &A);
+    fn failed(&self, addr: &A);
+    fn disconnected(&self, addr: &A);
+}
+
+impl Observer<std::net::SocketAddr> for crate::seed::AddressBook {
+    fn connected(&self, addr: &std::net::SocketAddr) {
+        Self::connected(self, addr);
+    }
+
+    fn failed(&self, addr: &std::net::SocketAddr) {
+        Self::failed(self, addr);
+    }
+
+    fn disconnected(&self, addr: &std::net::SocketAddr) {
+        Self::disconnected(self, addr);
+    }
+}

@@ -33,7 +33,11 @@ impl HickoryResolver {
     pub fn new(name_servers: &[SocketAddr], timeout: Duration) -> Self {
         let mut group = NameServerConfigGroup::new();
         for ns in name_servers {
-            group.merge(NameServerConfigGroup::from_ips_clear(&[ns.ip()], ns.port(), true));
+            group.merge(NameServerConfigGroup::from_ips_clear(
+                &[ns.ip()],
+                ns.port(),
+                true,
+            ));
         }
         let config = ResolverConfig::from_parts(None, Vec::new(), group);
         let mut builder = Resolver::builder_with_config(config, TokioConnectionProvider::default());
@@ -63,7 +67,11 @@ impl Service<Name> for HickoryResolver {
                 Ok(found) => {
                     let addrs: Addrs = found.iter().collect();
                     if addrs.is_empty() {
-                        return Err(ResolveError::new(ResolveErrorKind::NotFound, name.as_str(), None));
+                        return Err(ResolveError::new(
+                            ResolveErrorKind::NotFound,
+                            name.as_str(),
+                            None,
+                        ));
                     }
                     Ok(addrs)
                 }

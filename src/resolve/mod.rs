@@ -67,7 +67,11 @@ impl Name {
         if ok {
             Ok(Self(name))
         } else {
-            Err(ResolveError::new(ResolveErrorKind::InvalidName, &name, None))
+            Err(ResolveError::new(
+                ResolveErrorKind::InvalidName,
+                &name,
+                None,
+            ))
         }
     }
 

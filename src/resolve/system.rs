@@ -39,7 +39,11 @@ impl Service<Name> for SystemResolver {
                 .collect();
             addrs.dedup();
             if addrs.is_empty() {
-                return Err(ResolveError::new(ResolveErrorKind::NotFound, name.as_str(), None));
+                return Err(ResolveError::new(
+                    ResolveErrorKind::NotFound,
+                    name.as_str(),
+                    None,
+                ));
             }
             Ok(addrs)
         })

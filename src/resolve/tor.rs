@@ -74,7 +74,9 @@ impl Service<Name> for TorResolver {
             };
             let answer = tokio::time::timeout(limit, ask)
                 .await
-                .map_err(|e| ResolveError::new(ResolveErrorKind::Timeout, name.as_str(), Some(e.into())))?
+                .map_err(|e| {
+                    ResolveError::new(ResolveErrorKind::Timeout, name.as_str(), Some(e.into()))
+                })?
                 .map_err(proxy_failed)?;
             match answer {
                 TargetAddr::Ip(addr) => Ok(vec![addr.ip()]),

@@ -33,6 +33,9 @@ pub enum Behaviour {
     TruncatedAddress,
     /// Accepts TCP and never sends a byte.
     Silent,
+    /// Answers Tor's RESOLVE (0xF0) for these names; other names get
+    /// "host unreachable".
+    Resolve(Vec<(String, std::net::IpAddr)>),
 }
 
 /// An in-process SOCKS5 server on a loopback port.
@@ -89,9 +92,29 @@ impl FakeSocks5 {
 
     /// The username/password pairs received so far.
     pub fn seen_credentials(&self) -> Vec<(String, String)> {
-        self.seen.lock().expect("seen lock").clone()
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .iter()
+            .filter(|(u, _)| u != RESOLVED)
+            .cloned()
+            .collect()
+    }
+
+    /// The names asked for with RESOLVE so far.
+    pub fn resolved_names(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .iter()
+            .filter(|(u, _)| u == RESOLVED)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 }
+
+/// The mark of a RESOLVE request among the recorded pairs.
+const RESOLVED: &str = "\0resolve";
 
 async fn serve(
     mut sock: TcpStream,
@@ -181,6 +204,23 @@ async fn serve(
             let mut name = vec![0u8; usize::from(len[0]) + 2];
             sock.read_exact(&mut name).await?;
             let port = u16::from_be_bytes([name[name.len() - 2], name[name.len() - 1]]);
+            if let (0xF0, Behaviour::Resolve(table)) = (req[1], &behaviour) {
+                let asked = String::from_utf8_lossy(&name[..name.len() - 2]).into_owned();
+                seen.lock()
+                    .expect("seen lock")
+                    .push((RESOLVED.to_owned(), asked.clone()));
+                let reply = match table.iter().find(|(n, _)| *n == asked).map(|(_, ip)| *ip) {
+                    Some(std::net::IpAddr::V4(v4)) => {
+                        [&[0x05, 0x00, 0x00, 0x01][..], &v4.octets(), &[0, 0]].concat()
+                    }
+                    Some(std::net::IpAddr::V6(v6)) => {
+                        [&[0x05, 0x00, 0x00, 0x04][..], &v6.octets(), &[0, 0]].concat()
+                    }
+                    None => vec![0x05, 0x04, 0x00, 0x01, 0, 0, 0, 0, 0, 0],
+                };
+                sock.write_all(&reply).await?;
+                return Ok(());
+            }
             if &name[..name.len() - 2] != b"localhost" {
                 sock.write_all(&[0x05, 0x04, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
                     .await?;

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::{Actor, LONGEST_DELAY, Slot, TOMBSTONES};
 use crate::manager::{
     Address, ConnId, ConnInfo, ConnKind, ConnState, Connection, DialFailure, DialService,
-    DisconnectReason, Disconnected, Error,
+    Direction, DisconnectReason, Disconnected, Error,
     connection::Control,
     counters::Shared,
     dial,
@@ -160,6 +160,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let control = Control::new(permit);
         slot.control = Some(control.clone());
         self.shared.dial_established();
+        if let Some(o) = &self.observer {
+            o.connected(&slot.info.addr);
+        }
         tracing::debug!(parent: &slot.span, "connection established");
         let conn = Connection::new(
             io,
@@ -179,6 +182,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             return;
         };
         self.shared.dial_failed(&error);
+        if let Some(o) = &self.observer {
+            o.failed(&slot.info.addr);
+        }
         let (attempt, started) = (slot.attempts, slot.started);
         tracing::debug!(parent: &slot.span, %error, attempt, "dial failed");
         let info = self.wants.failures.then(|| slot.info.clone());
@@ -221,6 +227,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         };
         if let Some(control) = slot.control.take() {
             control.close();
+        }
+        if let (Some(o), Direction::Outbound) = (&self.observer, slot.info.direction()) {
+            o.disconnected(&slot.info.addr);
         }
         let info = self.wants.disconnections.then(|| slot.info.clone());
         let reconnect = matches!(

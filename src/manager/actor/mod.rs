@@ -38,6 +38,7 @@ use super::{
     events::{self, Outbox},
     fill::{AutoFuture, Fill},
     message::{Accepted, AutoDial, Command, Dialed, Dropped},
+    traits::Observer,
 };
 use crate::{
     backoff::Backoff,
@@ -105,6 +106,7 @@ pub(crate) struct Actor<A, D: Service<A>> {
     /// From the accept loops; `None` without listeners.
     accepted: Option<mpsc::Receiver<Accepted>>,
     inbound_addr: Option<fn(std::net::SocketAddr) -> A>,
+    observer: Option<Arc<dyn Observer<A>>>,
     // Bounded by the live requests: one result per dial in flight.
     results_tx: mpsc::UnboundedSender<Dialed<D::Response>>,
     results: mpsc::UnboundedReceiver<Dialed<D::Response>>,
@@ -188,6 +190,7 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         auto,
         accepted,
         inbound_addr: config.inbound_addr,
+        observer: config.observer,
         results_tx,
         results,
         dropped_tx,
