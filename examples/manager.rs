@@ -1,24 +1,28 @@
-//! A connection manager keeping a small local network connected.
+//! A connection manager keeping a small local network connected, starting
+//! from DNS seeds.
 //!
-//! Starts a dozen loopback "peers" (some accept and hold, some refuse, some
-//! accept and drop after a few seconds), then runs a manager with a target
-//! of 8 automatic connections plus 2 permanent peers, one of which is down
-//! for the first seconds. Every second it shows the state map and the
-//! counters. It stops by itself after 20 seconds (or on Ctrl-C) and prints a
-//! one-line summary.
+//! Starts a dozen loopback "peers" on 127.0.1.1 to 127.0.1.12, one port
+//! (some accept and hold, some refuse, some accept and drop after a few
+//! seconds) and a DNS server on loopback whose two seed names answer with
+//! their addresses. The manager seeds its address book from those names
+//! (through hickory-resolver, asking that server), keeps a target of 8
+//! automatic connections plus 2 permanent peers, one of which is down for
+//! the first seconds. Every second it shows the state map and the counters.
+//! It stops by itself after 20 seconds (or on Ctrl-C) and prints a one-line
+//! summary.
 //!
 //! Run with:
 //!
 //! ```text
-//! cargo run --example manager
-//! cargo run --example manager -- 5     # run for 5 seconds
+//! cargo run --example manager --features hickory
+//! cargo run --example manager --features hickory -- 5     # run for 5 seconds
 //! ```
 //!
-//! Everything happens on 127.0.0.1; nothing leaves the machine.
+//! Everything happens on 127.0.0.0/8; nothing leaves the machine.
 
 use std::{
     io::IsTerminal,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -29,12 +33,19 @@ use std::{
 use connmgr::{
     backoff::JitterRng,
     manager::{ConnManager, ConnState, Snapshot},
+    resolve::HickoryResolver,
+    seed::{AddressBook, DnsSeeder},
 };
 use tokio::{
     io::AsyncReadExt,
     net::TcpListener,
     time::{Instant, sleep},
 };
+
+/// The DNS server of the tests: a few lines of UDP.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/support/dns.rs"]
+mod dns;
 
 #[tokio::main]
 async fn main() -> Result<(), connmgr::BoxError> {
@@ -44,19 +55,19 @@ async fn main() -> Result<(), connmgr::BoxError> {
         .transpose()?
         .map_or(Duration::from_secs(20), Duration::from_secs);
 
-    // The local network.
-    let mut addrs = Vec::new();
-    for _ in 0..6 {
-        addrs.push(holding_peer().await?);
+    // The local network: one port, one address per peer.
+    let port = TcpListener::bind("127.0.1.1:0").await?.local_addr()?.port();
+    let peer = |host: u8| SocketAddr::from(([127, 0, 1, host], port));
+    for host in 1..=6 {
+        holding_peer(peer(host)).await?;
     }
-    for _ in 0..3 {
-        addrs.push(refusing_addr().await?);
+    // 127.0.1.7 to .9 refuse: nothing listens there.
+    for (i, host) in (10..=12).enumerate() {
+        flaky_peer(peer(host), Duration::from_secs(2 + 2 * i as u64)).await?;
     }
-    for i in 0..3 {
-        addrs.push(flaky_peer(Duration::from_secs(2 + 2 * i)).await?);
-    }
-    let permanent_up = holding_peer().await?;
-    let permanent_late = refusing_addr().await?;
+    let permanent_up = SocketAddr::from(([127, 0, 2, 1], port));
+    holding_peer(permanent_up).await?;
+    let permanent_late = SocketAddr::from(([127, 0, 2, 2], port));
     tokio::spawn(async move {
         // This permanent peer comes up after 8 seconds.
         sleep(Duration::from_secs(8)).await;
@@ -65,9 +76,24 @@ async fn main() -> Result<(), connmgr::BoxError> {
         }
     });
 
-    // The address source picks peers from the network in a random order.
+    // Two DNS seeds, served on loopback, resolved with hickory-resolver.
+    let ips = |hosts: std::ops::RangeInclusive<u8>| -> Vec<IpAddr> {
+        hosts.map(|h| peer(h).ip()).collect()
+    };
+    let dns = dns::DnsServer::start(
+        vec![
+            ("seed-a.connmgr.test", ips(1..=6)),
+            ("seed-b.connmgr.test", ips(7..=12)),
+        ],
+        vec![],
+    )
+    .await;
+    let seeder = DnsSeeder::new(HickoryResolver::new(&[dns.addr], Duration::from_secs(2)))
+        .seeds(["seed-a.connmgr.test", "seed-b.connmgr.test"])
+        .port(port);
+    let book = AddressBook::new().seeder(seeder);
+
     let rng = JitterRng::seeded(7);
-    let pick = rng.clone();
     let events = Arc::new(AtomicU64::new(0));
     let (on_conn, on_disc) = (events.clone(), events.clone());
     let handle = ConnManager::builder()
@@ -78,10 +104,7 @@ async fn main() -> Result<(), connmgr::BoxError> {
         .max_failures(5)
         .connect_timeout(Some(Duration::from_secs(2)))
         .rng(rng)
-        .address_source(move || {
-            let addr = addrs[(pick.next_u64() % addrs.len() as u64) as usize];
-            async move { Some(addr) }
-        })
+        .address_book(book.clone())
         .on_connection(move |mut conn| {
             on_conn.fetch_add(1, Ordering::Relaxed);
             // The "peer protocol": read until the peer hangs up.
@@ -114,6 +137,14 @@ async fn main() -> Result<(), connmgr::BoxError> {
     let stop_started = Instant::now();
     handle.stop().await;
     let c = last.counters;
+    let b = book.stats();
+    println!(
+        "seeded {} addresses from {} seedings ({} seed failures); the book dropped {} after repeated failures",
+        b.len + b.dropped as usize,
+        b.seedings,
+        b.seed_failures,
+        b.dropped
+    );
     println!(
         "done in {:.1}s: {} established now ({} automatic), {} dials, {} failures, {} throttled waits, {} callbacks; stop took {:?}",
         started.elapsed().as_secs_f64(),
@@ -139,7 +170,7 @@ fn render(snapshot: &Snapshot, elapsed: Duration, tty: bool) {
         elapsed.as_secs_f64()
     ));
     out.push_str(&format!(
-        "{:>5}  {:<17} {:<10} {:<12} {:>8}  {}\n",
+        "{:>5}  {:<21} {:<10} {:<12} {:>8}  {}\n",
         "id", "address", "kind", "state", "attempts", "next attempt"
     ));
     for e in &snapshot.entries {
@@ -148,7 +179,7 @@ fn render(snapshot: &Snapshot, elapsed: Duration, tty: bool) {
             .map(|at| format!("in {:.1}s", at.saturating_duration_since(now).as_secs_f64()))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{:>5}  {:<17} {:<10} {:<12} {:>8}  {}\n",
+            "{:>5}  {:<21} {:<10} {:<12} {:>8}  {}\n",
             e.id(),
             e.info.addr.to_string(),
             e.info.kind.to_string(),
@@ -168,11 +199,9 @@ fn render(snapshot: &Snapshot, elapsed: Duration, tty: bool) {
     print!("{out}");
 }
 
-async fn holding_peer() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(serve_holding(listener));
-    Ok(addr)
+async fn holding_peer(addr: SocketAddr) -> std::io::Result<()> {
+    tokio::spawn(serve_holding(TcpListener::bind(addr).await?));
+    Ok(())
 }
 
 async fn serve_holding(listener: TcpListener) {
@@ -184,16 +213,9 @@ async fn serve_holding(listener: TcpListener) {
     }
 }
 
-/// A loopback address where nothing listens.
-async fn refusing_addr() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    listener.local_addr()
-}
-
 /// Accepts, then hangs up after `after`.
-async fn flaky_peer(after: Duration) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+async fn flaky_peer(addr: SocketAddr, after: Duration) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -202,5 +224,5 @@ async fn flaky_peer(after: Duration) -> std::io::Result<SocketAddr> {
             });
         }
     });
-    Ok(addr)
+    Ok(())
 }
