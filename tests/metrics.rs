@@ -75,7 +75,7 @@ async fn metrics_published() {
     }
     let snapshot = snapshotter.snapshot().into_vec();
     let s = &snapshot;
-    let limit = [("reason", "limit")];
+    let limit = [("reason", "full")];
     assert_eq!(
         value(s, MetricKind::Counter, names::INBOUND_REJECTED, &limit),
         1.0

@@ -163,6 +163,7 @@ mod config;
 mod connection;
 mod counters;
 mod dial;
+mod error;
 mod events;
 mod fill;
 mod handle;
@@ -181,11 +182,12 @@ pub use self::{
         DEFAULT_TARGET_OUTBOUND,
     },
     connection::{ConnInfo, Connection},
+    error::{Error, Panicked, Points},
     handle::{Handle, WeakHandle},
     traits::{Address, AddressSource, DialService},
     types::{
         ConnId, ConnKind, ConnState, Counters, DialFailure, Direction, DisconnectReason,
-        Disconnected, Entry, Error, Panicked, Points, Refusals, Snapshot,
+        Disconnected, Entry, Refusals, Snapshot,
     },
 };
 

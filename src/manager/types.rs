@@ -1,12 +1,12 @@
 //! The manager's public value types.
 
-use std::{error::Error as StdError, fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr};
 
 use tokio::time::Instant;
 use tower::BoxError;
 
 use super::ConnInfo;
-use crate::policy::{Ban, Refusal, Subnet};
+use crate::policy::{Ban, Refusal};
 
 /// The id of a connection request. Ids start at 1 and are never reused
 /// within a manager.
@@ -274,7 +274,7 @@ pub struct DialFailure<A = SocketAddr> {
     /// When this attempt started.
     pub started: Instant,
     /// Why. Timeouts are [`tower::timeout::error::Elapsed`], a panicking
-    /// dial stack is [`Panicked`].
+    /// dial stack is [`Panicked`](super::Panicked).
     pub error: BoxError,
     /// When the next attempt is due, for a permanent request; `None` when the
     /// request ended with this failure.
@@ -325,94 +325,3 @@ pub struct Disconnected<A = SocketAddr> {
     /// removed; `None` when the request ended.
     pub reconnect_at: Option<Instant>,
 }
-
-/// The error of an attempt whose user code panicked: the dial stack's
-/// `poll_ready`, `call` or future, or the address source.
-///
-/// The panic is caught; the attempt fails with this error, is counted in
-/// [`Counters::panics`] and logged at error level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Panicked(pub(crate) &'static str);
-
-impl Panicked {
-    /// What panicked, e.g. `"dial future"`.
-    pub fn what(&self) -> &'static str {
-        self.0
-    }
-}
-
-impl fmt::Display for Panicked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} panicked", self.0)
-    }
-}
-
-impl StdError for Panicked {}
-
-/// Ban-score points for [`Handle::misbehaving`](super::Handle::misbehaving):
-/// btcd's persistent part, which stays, and transient part, which halves
-/// every minute. A bare number is transient points.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Points {
-    /// Points that never decay.
-    pub persistent: u32,
-    /// Points that decay with a half-life of 60 s.
-    pub transient: u32,
-}
-
-impl Points {
-    /// Points that never decay.
-    pub fn persistent(points: u32) -> Self {
-        Self {
-            persistent: points,
-            transient: 0,
-        }
-    }
-
-    /// Points that decay.
-    pub fn transient(points: u32) -> Self {
-        Self {
-            persistent: 0,
-            transient: points,
-        }
-    }
-}
-
-impl From<u32> for Points {
-    fn from(points: u32) -> Self {
-        Self::transient(points)
-    }
-}
-
-/// Errors from a [`Handle`](super::Handle).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Error {
-    /// The manager has stopped.
-    Stopped,
-    /// No live request has this id (it never existed, or it ended).
-    UnknownId(ConnId),
-    /// The request is not connected, so there is nothing to disconnect; use
-    /// [`Handle::remove`](super::Handle::remove) to cancel it.
-    NotEstablished(ConnId, ConnState),
-    /// The address is connected or being dialed already, by this request.
-    Duplicate(ConnId),
-    /// The address is banned, by this ban.
-    Banned(Subnet),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Stopped => f.pad("connection manager stopped"),
-            Self::UnknownId(id) => write!(f, "unknown connection id {id}"),
-            Self::NotEstablished(id, state) => {
-                write!(f, "connection {id} is not established (it is {state})")
-            }
-            Self::Duplicate(id) => write!(f, "the address is taken by connection {id}"),
-            Self::Banned(subnet) => write!(f, "the address is banned ({subnet})"),
-        }
-    }
-}
-
-impl StdError for Error {}

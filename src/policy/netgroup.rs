@@ -13,7 +13,16 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
-/// The group a peer's address belongs to. See the [module docs](self).
+/// The group a peer's address belongs to, as Bitcoin Core forms them.
+///
+/// Peers in one group are likely run by one party (one provider's /16), so
+/// the manager limits how many connections one group may hold. An IPv4
+/// address's group is its /16, an IPv6 address's its /32; an IPv6 address
+/// that embeds an IPv4 address (IPv4-mapped, IPv4-compatible, 6to4, Teredo,
+/// NAT64) is first turned into that IPv4 address ([`canonical`]), so one
+/// host cannot appear in many groups. Addresses without an IP (onion
+/// services, host names) are grouped by network, one group each, as Core
+/// treats onion. See the [policy docs](crate::policy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum NetGroup {

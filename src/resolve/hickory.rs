@@ -1,8 +1,4 @@
-use std::{
-    net::SocketAddr,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use hickory_resolver::{
     Resolver,
@@ -10,7 +6,6 @@ use hickory_resolver::{
     name_server::TokioConnectionProvider,
     proto::ProtoErrorKind,
 };
-use tower::Service;
 
 use super::{Addrs, Name, ResolveError, ResolveErrorKind, Resolving};
 
@@ -49,16 +44,10 @@ impl HickoryResolver {
     }
 }
 
-impl Service<Name> for HickoryResolver {
-    type Response = Addrs;
-    type Error = ResolveError;
-    type Future = Resolving;
+resolver_service!(HickoryResolver);
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
+impl HickoryResolver {
+    pub(super) fn resolve(&self, name: Name) -> Resolving {
         let resolver = self.inner.clone();
         Box::pin(async move {
             // A fully qualified name: no search domains.

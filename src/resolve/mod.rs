@@ -27,6 +27,29 @@
 //! # }
 //! ```
 
+/// The `Service<Name>` impl of a resolver whose `resolve(&self, Name)`
+/// does the work: always ready.
+macro_rules! resolver_service {
+    ($ty:ty) => {
+        impl tower::Service<$crate::resolve::Name> for $ty {
+            type Response = $crate::resolve::Addrs;
+            type Error = $crate::resolve::ResolveError;
+            type Future = $crate::resolve::Resolving;
+
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Self::Error>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, name: $crate::resolve::Name) -> Self::Future {
+                self.resolve(name)
+            }
+        }
+    };
+}
+
 #[cfg(feature = "hickory")]
 mod hickory;
 mod system;
@@ -44,10 +67,9 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
     str::FromStr,
-    task::{Context, Poll},
 };
 
-use tower::{BoxError, Service};
+use tower::BoxError;
 
 /// A host name to resolve: 1 to 253 bytes, no spaces or control characters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -169,7 +191,7 @@ impl StdError for ResolveError {
     }
 }
 
-type Resolving = Pin<Box<dyn Future<Output = Result<Addrs, ResolveError>> + Send>>;
+pub(crate) type Resolving = Pin<Box<dyn Future<Output = Result<Addrs, ResolveError>> + Send>>;
 
 /// The system's resolver, or a SOCKS5 proxy's when dials go through one, so
 /// that no DNS query goes around the proxy. Made by
@@ -192,19 +214,13 @@ impl DefaultResolver {
     }
 }
 
-impl Service<Name> for DefaultResolver {
-    type Response = Addrs;
-    type Error = ResolveError;
-    type Future = Resolving;
+resolver_service!(DefaultResolver);
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
+impl DefaultResolver {
+    fn resolve(&self, name: Name) -> Resolving {
         match self {
-            Self::System(r) => r.call(name),
-            Self::Tor(r) => r.call(name),
+            Self::System(r) => r.resolve(name),
+            Self::Tor(r) => r.resolve(name),
         }
     }
 }

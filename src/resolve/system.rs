@@ -1,9 +1,4 @@
-use std::{
-    io,
-    task::{Context, Poll},
-};
-
-use tower::Service;
+use std::io;
 
 use super::{Addrs, Name, ResolveError, ResolveErrorKind, Resolving};
 
@@ -20,16 +15,10 @@ impl SystemResolver {
     }
 }
 
-impl Service<Name> for SystemResolver {
-    type Response = Addrs;
-    type Error = ResolveError;
-    type Future = Resolving;
+resolver_service!(SystemResolver);
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
+impl SystemResolver {
+    pub(super) fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let found = tokio::net::lookup_host((name.as_str(), 0)).await;
             let fail = |kind, e: io::Error| ResolveError::new(kind, name.as_str(), Some(e.into()));

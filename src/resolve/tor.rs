@@ -1,14 +1,9 @@
-use std::{
-    net::SocketAddr,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpStream;
 use tokio_socks::{TargetAddr, tcp::Socks5Stream};
-use tower::Service;
 
-use super::{Addrs, Name, ResolveError, ResolveErrorKind, Resolving};
+use super::{Name, ResolveError, ResolveErrorKind, Resolving};
 use crate::socks::{Socks5Error, Socks5ErrorKind, recorder::Recorder};
 
 /// The default time limit of a RESOLVE request.
@@ -47,16 +42,10 @@ impl TorResolver {
     }
 }
 
-impl Service<Name> for TorResolver {
-    type Response = Addrs;
-    type Error = ResolveError;
-    type Future = Resolving;
+resolver_service!(TorResolver);
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
+impl TorResolver {
+    pub(super) fn resolve(&self, name: Name) -> Resolving {
         let (proxy, limit) = (self.proxy, self.timeout);
         Box::pin(async move {
             let proxy_failed = |e: Socks5Error| {

@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -316,16 +315,14 @@ impl Book {
 }
 
 impl AddressSource<SocketAddr> for AddressBook {
-    fn next_address(&mut self) -> impl Future<Output = Option<SocketAddr>> + Send {
-        async move {
-            if let Some(addr) = self.pick() {
-                return Some(addr);
-            }
-            if self.seed_due() {
-                self.seed().await;
-                return self.pick();
-            }
-            None
+    async fn next_address(&mut self) -> Option<SocketAddr> {
+        if let Some(addr) = self.pick() {
+            return Some(addr);
         }
+        if self.seed_due() {
+            self.seed().await;
+            return self.pick();
+        }
+        None
     }
 }

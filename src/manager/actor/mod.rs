@@ -10,10 +10,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     future::poll_fn,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -47,6 +44,7 @@ use crate::{
 
 mod lifecycle;
 mod policy;
+mod stop;
 
 /// How many ended requests `state` still knows about.
 const TOMBSTONES: usize = 1024;
@@ -334,65 +332,6 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             // `run` handles Stop itself.
             Command::Stop { .. } => {}
         }
-    }
-
-    // ===== stop =====
-
-    /// Stops every task of the manager, in an order that leaves nothing
-    /// behind: listeners and the fill task, then the dials (a connection
-    /// that arrives now is dropped, closed), then (when asked) the
-    /// established connections, and last the callbacks, which get the grace
-    /// period to run what is queued.
-    async fn stop(mut self, close: bool) {
-        self.tasks.shutdown().await;
-        // Sockets accepted but not yet admitted are closed.
-        (self.auto, self.accepted) = (None, None);
-        for slot in self.slots.values_mut() {
-            if let Some(dial) = slot.dial.take() {
-                dial.abort();
-                self.shared.dial_canceled();
-            }
-        }
-        self.dials.close();
-        self.dials.wait().await;
-        // Closing only now: the owners' tasks wake up to drop their
-        // connections, and stop need not wait behind that work.
-        if close {
-            let established: Vec<ConnId> = self
-                .slots
-                .values()
-                .filter(|s| s.state == ConnState::Established)
-                .map(|s| s.info.id)
-                .collect();
-            for id in established {
-                self.connection_ended(id, DisconnectReason::Stop);
-            }
-        }
-        let deadline = Instant::now() + self.stop_grace;
-        let Self {
-            commands,
-            outbox,
-            callbacks,
-            abandoned,
-            slots,
-            results,
-            ..
-        } = self;
-        // Connections that arrived after the stop are dropped, closed.
-        drop((slots, results));
-        outbox.close(deadline).await;
-        let mut callbacks = callbacks;
-        if tokio::time::timeout_at(deadline, &mut callbacks)
-            .await
-            .is_err()
-        {
-            tracing::warn!("callbacks still busy after the stop grace period; abandoned");
-            abandoned.store(true, Ordering::Release);
-            callbacks.abort();
-        }
-        tracing::debug!("connection manager stopped");
-        // Dropped last: `Handle::stop` and `is_stopped` wait for that.
-        drop(commands);
     }
 }
 
