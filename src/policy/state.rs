@@ -15,12 +15,23 @@ use super::{Ban, NetGroup, PeerAddr, Policy, Refusal, Subnet, is_routable};
 /// What an entry counts for in the policy, given back when it ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Place {
-    /// An outbound request: in the address map; `group` counted if it is
-    /// automatic and not exempt.
-    Outbound { group: Option<NetGroup> },
-    /// An inbound connection from `ip`; `group` counted (with the IP) if
-    /// not exempt.
-    Inbound { ip: IpAddr, group: Option<NetGroup> },
+    /// An outbound request: in the address map; its netgroup `counted` if
+    /// it is automatic and not exempt.
+    Outbound { counted: bool },
+    /// An inbound connection from `ip`; its IP and netgroup `counted` if
+    /// not exempt. (The group is derived again when it ends: it keeps the
+    /// entry small.)
+    Inbound { ip: IpAddr, counted: bool },
+}
+
+impl Place {
+    /// The inbound netgroup this entry counts in.
+    pub(crate) fn inbound_group(&self) -> Option<NetGroup> {
+        match *self {
+            Self::Inbound { ip, counted: true } => Some(NetGroup::of(ip)),
+            _ => None,
+        }
+    }
 }
 
 /// What to do with an inbound peer.
@@ -117,7 +128,9 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
         if let Some(group) = group {
             *self.auto_groups.entry(group).or_insert(0) += 1;
         }
-        Place::Outbound { group }
+        Place::Outbound {
+            counted: group.is_some(),
+        }
     }
 
     // ===== inbound =====
@@ -166,7 +179,10 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
             *self.inbound_ips.entry(ip).or_insert(0) += 1;
             *self.inbound_groups.entry(group).or_insert(0) += 1;
         }
-        Place::Inbound { ip, group }
+        Place::Inbound {
+            ip,
+            counted: group.is_some(),
+        }
     }
 
     /// Gives back what an entry counted for.
@@ -180,21 +196,21 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
             }
         }
         match place {
-            Place::Outbound { group } => {
+            Place::Outbound { counted } => {
                 if let Some(addr) = addr {
                     if self.outbound.get(addr) == Some(&id) {
                         self.outbound.remove(addr);
                     }
-                }
-                if let Some(group) = group {
-                    down(&mut self.auto_groups, group);
+                    if counted {
+                        down(&mut self.auto_groups, addr.netgroup());
+                    }
                 }
             }
-            Place::Inbound { ip, group } => {
+            Place::Inbound { ip, counted } => {
                 self.inbound = self.inbound.saturating_sub(1);
-                if let Some(group) = group {
+                if counted {
                     down(&mut self.inbound_ips, ip);
-                    down(&mut self.inbound_groups, group);
+                    down(&mut self.inbound_groups, NetGroup::of(ip));
                 }
             }
         }

@@ -17,7 +17,7 @@ use crate::manager::{
     fill::AutoFuture,
     message::{AutoDial, Dialed, Dropped, Io},
 };
-use crate::policy::{BanScore, state::Place};
+use crate::policy::state::Place;
 
 impl<A: Address, D: DialService<A>> Actor<A, D> {
     // ===== dials =====
@@ -45,7 +45,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             since: None,
             control: None,
             place,
-            score: BanScore::default(),
+            score: None,
             span,
         })
     }

@@ -74,7 +74,8 @@ struct Slot<A> {
     control: Option<Arc<Control>>,
     /// What it counts for in the policy.
     place: Place,
-    score: BanScore,
+    /// Only misbehaving peers have one.
+    score: Option<Box<BanScore>>,
     span: Span,
 }
 
@@ -343,7 +344,7 @@ impl<A: Clone> Slot<A> {
             attempts: self.attempts,
             next_attempt: self.next_attempt.map(|(at, _)| at),
             connected_since: self.since,
-            ban_score: self.score.score(now),
+            ban_score: self.score.as_ref().map_or(0, |s| s.score(now)),
         }
     }
 }

@@ -68,7 +68,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     fn youngest_inbound(&self, group: NetGroup) -> Option<ConnId> {
         self.slots
             .values()
-            .filter(|s| matches!(s.place, Place::Inbound { group: Some(g), .. } if g == group))
+            .filter(|s| s.place.inbound_group() == Some(group))
             .max_by_key(|s| (s.since, s.info.id))
             .map(|s| s.info.id)
     }
@@ -116,9 +116,11 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         reason: String,
     ) -> Result<u32, Error> {
         let slot = self.slots.get_mut(&id).ok_or(Error::UnknownId(id))?;
-        let score = slot
-            .score
-            .increase(points.persistent, points.transient, Instant::now());
+        let score = slot.score.get_or_insert_default().increase(
+            points.persistent,
+            points.transient,
+            Instant::now(),
+        );
         let threshold = self.peers.policy().ban_threshold;
         tracing::debug!(parent: &slot.span, score, threshold, %reason, "misbehaving");
         if score >= threshold {
