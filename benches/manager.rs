@@ -51,7 +51,9 @@ async fn connected(
         .start()
         .expect("start");
     let mut conns = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
+        // One request per address: the manager refuses duplicates.
+        let addr = SocketAddr::new(addr.ip(), addr.port() + i as u16);
         if permanent {
             handle.connect_permanent(addr).await.expect("connect");
         } else {
