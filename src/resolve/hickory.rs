@@ -7,7 +7,7 @@ use hickory_resolver::{
     proto::ProtoErrorKind,
 };
 
-use super::{Addrs, Name, ResolveError, ResolveErrorKind, Resolving};
+use super::{Name, ResolveError, ResolveErrorKind, Resolving, found};
 
 /// A resolver on hickory-resolver that asks the name servers you give it
 /// (plain UDP, TCP when an answer is truncated), with hickory's caching and
@@ -53,17 +53,7 @@ impl HickoryResolver {
             // A fully qualified name: no search domains.
             let fqdn = format!("{}.", name.as_str().trim_end_matches('.'));
             match resolver.lookup_ip(fqdn).await {
-                Ok(found) => {
-                    let addrs: Addrs = found.iter().collect();
-                    if addrs.is_empty() {
-                        return Err(ResolveError::new(
-                            ResolveErrorKind::NotFound,
-                            name.as_str(),
-                            None,
-                        ));
-                    }
-                    Ok(addrs)
-                }
+                Ok(answer) => found(&name, answer.iter().collect()),
                 Err(e) => {
                     let kind = if e.is_no_records_found() {
                         ResolveErrorKind::NotFound

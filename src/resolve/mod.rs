@@ -191,6 +191,18 @@ impl StdError for ResolveError {
     }
 }
 
+/// The answer for `name`: its addresses, or `NotFound` when there are none.
+fn found(name: &Name, addrs: Addrs) -> Result<Addrs, ResolveError> {
+    if addrs.is_empty() {
+        return Err(ResolveError::new(
+            ResolveErrorKind::NotFound,
+            name.as_str(),
+            None,
+        ));
+    }
+    Ok(addrs)
+}
+
 pub(crate) type Resolving = Pin<Box<dyn Future<Output = Result<Addrs, ResolveError>> + Send>>;
 
 /// The system's resolver, or a SOCKS5 proxy's when dials go through one, so

@@ -1,6 +1,6 @@
 use std::io;
 
-use super::{Addrs, Name, ResolveError, ResolveErrorKind, Resolving};
+use super::{Addrs, Name, ResolveError, ResolveErrorKind, Resolving, found};
 
 /// The operating system's resolver (`getaddrinfo`, through tokio's
 /// `lookup_host`, on tokio's blocking pool).
@@ -20,21 +20,14 @@ resolver_service!(SystemResolver);
 impl SystemResolver {
     pub(super) fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
-            let found = tokio::net::lookup_host((name.as_str(), 0)).await;
+            let looked_up = tokio::net::lookup_host((name.as_str(), 0)).await;
             let fail = |kind, e: io::Error| ResolveError::new(kind, name.as_str(), Some(e.into()));
-            let mut addrs: Addrs = found
+            let mut addrs: Addrs = looked_up
                 .map_err(|e| fail(ResolveErrorKind::Failed, e))?
                 .map(|sa| sa.ip())
                 .collect();
             addrs.dedup();
-            if addrs.is_empty() {
-                return Err(ResolveError::new(
-                    ResolveErrorKind::NotFound,
-                    name.as_str(),
-                    None,
-                ));
-            }
-            Ok(addrs)
+            found(&name, addrs)
         })
     }
 }
