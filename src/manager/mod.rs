@@ -27,9 +27,15 @@
 //!   own, under the connect timeout, and ends exactly once: connected,
 //!   failed, timed out or panicked. [`Counters`] count it once.
 //! - **Cancellation.** [`Handle::remove`] ends a request at any stage.
-//! - **Inbound.** Each listener gets an accept loop; `max_inbound` (117 by
-//!   default) holds a slot for each accepted connection's life; accept
-//!   errors back off.
+//! - **Inbound.** Each listener gets an accept loop; each admitted
+//!   connection is an entry (kind [`Inbound`](ConnKind::Inbound)) for its
+//!   life, within `max_inbound` (117 by default); accept errors back off.
+//! - **Peer policy.** No duplicate outbound requests, netgroup diversity,
+//!   inbound limits, eviction and bans: see [`policy`](crate::policy).
+//!   What it refused is counted ([`Counters::skipped`],
+//!   [`Counters::rejected`]) and logged with the reason.
+//! - **Seeding.** [`Builder::address_book`] draws automatic peers from an
+//!   [`AddressBook`](crate::seed::AddressBook) seeded from DNS.
 //!
 //! # Tasks
 //!
@@ -123,6 +129,9 @@
 //! | accept errors spin | accept errors back off (5 ms doubling to 1 s) |
 //! | `MaxInbound` unlimited unless set | 117 by default (Core's 125 less the outbound target) |
 //! | a panic in a callback or `Dial` kills the node | caught, counted, one failed attempt |
+//! | bans checked after the handshake; a banned permanent peer is retried | refused at dial and at accept, before `on_accept`; banned entries end |
+//! | the server counts only handshaken peers per group | dials in flight count for netgroup diversity |
+//! | `DynamicBanScore.Increase` returns an undecayed score | decayed before it is returned |
 //!
 //! [`Backoff`]: crate::backoff::Backoff
 //!
