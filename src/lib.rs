@@ -38,7 +38,15 @@
 //! - The **manager** ([`manager`]) drives any such service: one task owns the
 //!   state map, a [`Handle`](manager::Handle) sends it commands, and each
 //!   connection reaches the application as a [`Connection`](manager::Connection)
-//!   whose drop is the disconnect.
+//!   whose drop is the disconnect. Faults in user code and load from peers
+//!   never stop it: every queue is bounded, panics are caught, stop is
+//!   bounded.
+//! - The **peer policy** ([`policy`]) protects the node from eclipse and
+//!   abuse: no duplicate connections, netgroup diversity, inbound limits,
+//!   eviction, bans and ban scores, on by default.
+//! - **Seeding** ([`resolve`], [`seed`]): resolvers are `tower::Service`s
+//!   (the system's, Tor's RESOLVE, hickory with the `hickory` feature), and
+//!   DNS seeds fill an address book the manager draws from.
 //!
 //! # Example
 //!
@@ -69,6 +77,14 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! - `metrics`: the manager's counters and gauges through the `metrics`
+//!   facade.
+//! - `serde`: serialize bans.
+//! - `hickory`: a DNS resolver on hickory-resolver with name servers of your
+//!   choice.
 //!
 //! # Time
 //!
