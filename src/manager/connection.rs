@@ -189,17 +189,21 @@ impl<IO, A: fmt::Debug> fmt::Debug for Connection<IO, A> {
 impl<IO, A> PinnedDrop for Connection<IO, A> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
-        // Free the slot first, so the fill loop can dial the replacement
-        // while the manager processes the notice.
-        this.control.release();
-        // Always told, even when the manager closed it: the manager tells
-        // this connection from a newer one of the same request by its
-        // control block. The manager may be gone; then nobody needs to know.
-        if let Some(tx) = this.dropped.take() {
-            let _ = tx.send(Dropped {
+        // The manager releases what the connection holds when it reads the
+        // notice: a drop wakes one task, not two (two wake-ups at once
+        // send one of them to another worker thread). It is always told,
+        // even when it closed the connection itself: it tells this
+        // connection from a newer one of the same request by its control
+        // block. When the manager is gone, the release happens here.
+        let told = this.dropped.take().is_some_and(|tx| {
+            tx.send(Dropped {
                 id: this.info.id,
                 control: this.control.clone(),
-            });
+            })
+            .is_ok()
+        });
+        if !told {
+            this.control.release();
         }
     }
 }
