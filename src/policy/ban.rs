@@ -278,6 +278,22 @@ mod tests {
         );
     }
 
+    /// With the `serde` feature a ban list round-trips, the subnet as text.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn bans_serialize() {
+        let ban = Ban {
+            subnet: "203.0.113.0/24".parse().expect("subnet"),
+            until: SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000),
+            reason: "spam".into(),
+        };
+        let json = serde_json::to_string(&vec![ban.clone()]).expect("serialize");
+        assert!(json.contains("\"203.0.113.0/24\""), "{json}");
+        let back: Vec<Ban> = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, vec![ban]);
+        assert!(serde_json::from_str::<Subnet>("\"10.0.0.0/33\"").is_err());
+    }
+
     /// Subnets parse, normalise and contain what they should, IPv4 in IPv6
     /// included.
     #[test]
