@@ -171,6 +171,10 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
     let mut peers = PolicyState::new(config.policy, config.max_inbound);
     peers.restore(config.bans, Instant::now());
 
+    // Unbounded, yet bounded by the state map: a dial task sends one result
+    // and a connection one drop notice, and each has an entry (automatic
+    // ones at most the target, inbound ones at most `max_inbound`). A
+    // connection's drop cannot wait for room.
     let (results_tx, results) = mpsc::unbounded_channel();
     let (dropped_tx, dropped) = mpsc::unbounded_channel();
     let actor = Actor {
