@@ -22,6 +22,10 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     /// An accept loop took a socket: admit it (an entry, then `on_accept`),
     /// evict someone for it, or close it.
     pub(super) fn on_accepted(&mut self, Accepted { stream, peer }: Accepted) {
+        // Set with every listener.
+        let Some(to_addr) = self.inbound_addr else {
+            return;
+        };
         let now = Instant::now();
         let ip = canonical(peer.ip());
         match self.peers.admission(ip, now) {
@@ -40,9 +44,6 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             }
             Admission::Admit => {}
         }
-        let Some(to_addr) = self.inbound_addr else {
-            return;
-        };
         let id = self.shared.next_id();
         let place = self.peers.add_inbound(ip);
         self.insert(id, to_addr(peer), ConnKind::Inbound, place);
