@@ -14,7 +14,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// address, IPv4 or IPv6; both are returned. Each request has a time limit
 /// (30 s by default), and a failure of the proxy is a
 /// [`Socks5Error`] (the `source()` of a
-/// [`Proxy`](ResolveErrorKind::Proxy) error).
+/// [`Proxy`](ResolveErrorKind::Proxy) error). It offers no authentication
+/// (tokio-socks' RESOLVE has none): a proxy that requires it answers with
+/// [`AuthRequired`](crate::socks::Socks5ErrorKind::AuthRequired).
 #[derive(Clone, Debug)]
 pub struct TorResolver {
     proxy: SocketAddr,
