@@ -229,6 +229,22 @@ impl Sample {
     };
 }
 
+/// The value of `name=value` in a child's report line.
+fn field(text: &str, name: &str) -> Option<f64> {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// For (measure, bytes per connection) pairs of two sides: the median of the
+/// measures' ratios, and each side's median bytes.
+fn paired_medians(a: &[(f64, f64)], b: &[(f64, f64)]) -> (f64, f64, f64) {
+    (
+        median(a.iter().zip(b).map(|(x, y)| x.0 / y.0).collect()),
+        median(a.iter().map(|x| x.1).collect()),
+        median(b.iter().map(|y| y.1).collect()),
+    )
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
@@ -667,10 +683,7 @@ fn hold(o: &Opts) -> Result<(), Error> {
             .args(&args)
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let field = |name: &str| -> Option<f64> {
-            text.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-        };
+        let field = |name| field(&text, name);
         match (field("fill_us"), field("base_kib"), field("peak_kib")) {
             (Some(fill), Some(base), Some(peak)) => {
                 Ok((fill / 1000.0, (peak - base) * 1024.0 / o.target as f64))
@@ -694,9 +707,7 @@ fn hold(o: &Opts) -> Result<(), Error> {
         a.push(x);
         b.push(y);
     }
-    let fill_ratio = median(a.iter().zip(&b).map(|(x, y)| x.0 / y.0).collect());
-    let mem_a = median(a.iter().map(|x| x.1).collect());
-    let mem_b = median(b.iter().map(|y| y.1).collect());
+    let (fill_ratio, mem_a, mem_b) = paired_medians(&a, &b);
     println!(
         "{}",
         summary(
@@ -1052,10 +1063,7 @@ async fn accept(o: &Opts) -> Result<(), Error> {
         drop(child.stdin.take());
         let _ = child.wait();
         let wall = out.ok_or(format!("{side} child failed"))?;
-        let field = |name: &str| -> Option<f64> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-        };
+        let field = |name| field(&line, name);
         let (base, peak) = field("base_kib")
             .zip(field("peak_kib"))
             .ok_or("child memory")?;
@@ -1073,9 +1081,7 @@ async fn accept(o: &Opts) -> Result<(), Error> {
         a.push(x);
         b.push(y);
     }
-    let rate_ratio = median(a.iter().zip(&b).map(|(x, y)| x.0 / y.0).collect());
-    let mem_a = median(a.iter().map(|x| x.1).collect());
-    let mem_b = median(b.iter().map(|y| y.1).collect());
+    let (rate_ratio, mem_a, mem_b) = paired_medians(&a, &b);
     println!(
         "memory per inbound connection: connmgr {mem_a:.0} B, raw {mem_b:.0} B, difference {:.0} B",
         mem_a - mem_b
