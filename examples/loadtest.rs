@@ -18,6 +18,10 @@
 //! cargo run --release --example loadtest -- accept  [--target 10000] [--rounds 3]
 //! ```
 //!
+//! `--workers N` sets the runtime's worker threads (2 by default; `hold` and
+//! `accept` measure in child processes with 2). `--only connmgr|raw` runs one
+//! side, for profiling.
+//!
 //! Scenarios:
 //! - `churn`: `target` connections kept filled; the peers close each at once;
 //!   a connection that ends is replaced; stop after `count` established.
@@ -76,6 +80,8 @@ struct Opts {
     rounds: usize,
     peers: usize,
     inflight: usize,
+    /// Worker threads of the runtime both sides run on.
+    workers: usize,
     /// Run only one side (`connmgr` or `raw`), for profiling.
     only: Option<String>,
 }
@@ -101,6 +107,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
         },
         peers: 8,
         inflight: 1000,
+        workers: 2,
         only: None,
     };
     let mut it = args[1..].iter();
@@ -112,12 +119,13 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
             "--rounds" => o.rounds = value.parse()?,
             "--peers" => o.peers = value.parse()?,
             "--inflight" => o.inflight = value.parse()?,
+            "--workers" => o.workers = value.parse()?,
             "--only" => o.only = Some(value.clone()),
             other => return Err(format!("unknown option {other}").into()),
         }
     }
-    if o.rounds == 0 || o.peers == 0 {
-        return Err("--rounds and --peers must be at least 1".into());
+    if o.rounds == 0 || o.peers == 0 || o.workers == 0 {
+        return Err("--rounds, --peers and --workers must be at least 1".into());
     }
     Ok(o)
 }
@@ -133,7 +141,7 @@ fn main() -> Result<(), Error> {
     }
     let opts = parse_opts(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(opts.workers)
         .enable_all()
         .build()?;
     match opts.scenario.as_str() {

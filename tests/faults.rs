@@ -387,6 +387,50 @@ async fn hanging_address_source_does_not_block_stop() {
     assert!(handle.is_stopped());
 }
 
+/// The drop notice of an automatic connection reaches the manager through
+/// the fill task, which passes it on even while it waits in a source that
+/// never answers: the drop is reported, the entry ends, the slot is free.
+#[tokio::test(start_paused = true)]
+async fn automatic_drop_reported_while_source_hangs() {
+    let peer = HoldingPeer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .target_outbound(2)
+            .address_source(move || {
+                let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if !first {
+                        std::future::pending::<()>().await;
+                    }
+                    Some(peer.addr)
+                }
+            }),
+    );
+    let handle = b.start().expect("start");
+    let conn = ev.connected.recv().await.expect("connected");
+    assert_eq!(conn.kind(), ConnKind::Automatic);
+    settle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the second ask hangs");
+    let id = conn.id();
+    drop(conn);
+    let ended = ev.disconnected.recv().await.expect("drop reported");
+    assert_eq!(
+        (ended.info.id, ended.reason),
+        (id, DisconnectReason::Dropped)
+    );
+    assert_eq!(handle.state(id).await, Ok(ConnState::Disconnected));
+    let snapshot = handle.snapshot().await.expect("snapshot");
+    assert!(snapshot.entries.is_empty(), "no entry left");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "still waiting on the source"
+    );
+    handle.stop().await;
+}
+
 /// A dial stack whose `poll_ready` fails once, then never becomes ready.
 #[derive(Clone)]
 struct NotReady {

@@ -189,22 +189,19 @@ impl<IO, A: fmt::Debug> fmt::Debug for Connection<IO, A> {
 impl<IO, A> PinnedDrop for Connection<IO, A> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
-        // The manager releases what the connection holds when it reads the
-        // notice: a drop wakes one task, not two (two wake-ups at once
-        // send one of them to another worker thread). It is always told,
-        // even when it closed the connection itself: it tells this
-        // connection from a newer one of the same request by its control
-        // block. When the manager is gone, the release happens here.
-        let told = this.dropped.take().is_some_and(|tx| {
-            tx.send(Dropped {
+        // The notice goes first, then the permit (if any) is released: for
+        // an automatic connection both wake the fill task, the one task a
+        // drop wakes (two woken at once send one to another worker thread).
+        // The manager is always told, even when it closed the connection
+        // itself: it tells this connection from a newer one of the same
+        // request by its control block.
+        if let Some(tx) = this.dropped.take() {
+            let _ = tx.send(Dropped {
                 id: this.info.id,
                 control: this.control.clone(),
-            })
-            .is_ok()
-        });
-        if !told {
-            this.control.release();
+            });
         }
+        this.control.release();
     }
 }
 

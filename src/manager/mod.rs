@@ -42,7 +42,7 @@
 //! | task | file | owns |
 //! |---|---|---|
 //! | manager | `actor/` | the state map, retry timers ([`DelayQueue`]), the event backlog |
-//! | fill | `fill.rs` | the address source, the outbound limit, the failure throttle |
+//! | fill | `fill.rs` | the address source, the outbound limit, the failure throttle; passes automatic connections' drop notices on |
 //! | dial (one per attempt) | `dial.rs` | one dial future and its connect timeout |
 //! | accept (one per listener) | `accept.rs` | a listener and the inbound limit |
 //! | callbacks | `events.rs` | the application's callbacks, run in order |

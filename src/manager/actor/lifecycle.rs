@@ -164,12 +164,13 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             o.connected(&slot.info.addr);
         }
         tracing::debug!(parent: &slot.span, "connection established");
-        let conn = Connection::new(
-            io,
-            slot.info.clone(),
-            control,
-            Some(self.dropped_tx.clone()),
-        );
+        // An automatic connection's drop frees a permit: the fill task
+        // hears of it first.
+        let notices = match (&self.auto_dropped_tx, slot.info.kind) {
+            (Some(fill), ConnKind::Automatic) => fill.clone(),
+            _ => self.dropped_tx.clone(),
+        };
+        let conn = Connection::new(io, slot.info.clone(), control, Some(notices));
         if self.wants.connections {
             self.outbox.emit(Event::Connected(conn));
         }

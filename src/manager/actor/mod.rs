@@ -33,7 +33,7 @@ use super::{
     connection::Control,
     counters::Shared,
     events::{self, Outbox},
-    fill::{AutoFuture, Fill},
+    fill::{AutoFuture, Fill, Relay},
     message::{Accepted, AutoDial, Command, Dialed, Dropped},
     traits::Observer,
 };
@@ -112,6 +112,9 @@ pub(crate) struct Actor<A, D: Service<A>> {
     // Bounded by the live requests: one notice per established connection.
     dropped_tx: mpsc::UnboundedSender<Dropped>,
     dropped: mpsc::UnboundedReceiver<Dropped>,
+    /// Where automatic connections send their drop notice: the fill task,
+    /// which passes it on (see `fill`).
+    auto_dropped_tx: Option<mpsc::UnboundedSender<Dropped>>,
     outbox: Outbox<D::Response, A>,
     /// Every dial task, so that stop can wait for the aborted ones.
     dials: TaskTracker,
@@ -143,20 +146,36 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         abandoned.clone(),
     ));
 
+    // Unbounded, yet bounded by the state map: a dial task sends one result
+    // and a connection one drop notice, and each has an entry (automatic
+    // ones at most the target, inbound ones at most `max_inbound`). A
+    // connection's drop cannot wait for room.
+    let (results_tx, results) = mpsc::unbounded_channel();
+    let (dropped_tx, dropped) = mpsc::unbounded_channel();
+
     let mut tasks = JoinSet::new();
-    let mut auto = None;
+    let (mut auto, mut auto_dropped_tx) = (None, None);
     if let Some(fill) = config.fill.filter(|_| config.target_outbound > 0) {
         let (tx, rx) = mpsc::channel(BATCH);
         auto = Some(rx);
+        let (notices_tx, notices) = mpsc::unbounded_channel();
+        auto_dropped_tx = Some(notices_tx);
+        let relay = Relay {
+            notices,
+            manager: dropped_tx.clone(),
+        };
         tasks.spawn_on(
-            fill(Fill {
-                dialer: config.dialer.clone(),
-                permits: Arc::new(Semaphore::new(config.target_outbound)),
-                tx,
-                shared: shared.clone(),
-                retry_base: config.backoff.base(),
-                max_failures: config.max_failures,
-            }),
+            fill(
+                Fill {
+                    dialer: config.dialer.clone(),
+                    permits: Arc::new(Semaphore::new(config.target_outbound)),
+                    tx,
+                    shared: shared.clone(),
+                    retry_base: config.backoff.base(),
+                    max_failures: config.max_failures,
+                },
+                relay,
+            ),
             rt,
         );
     }
@@ -171,12 +190,6 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
     let mut peers = PolicyState::new(config.policy, config.max_inbound);
     peers.restore(config.bans, Instant::now());
 
-    // Unbounded, yet bounded by the state map: a dial task sends one result
-    // and a connection one drop notice, and each has an entry (automatic
-    // ones at most the target, inbound ones at most `max_inbound`). A
-    // connection's drop cannot wait for room.
-    let (results_tx, results) = mpsc::unbounded_channel();
-    let (dropped_tx, dropped) = mpsc::unbounded_channel();
     let actor = Actor {
         dialer: config.dialer,
         backoff: config.backoff,
@@ -198,6 +211,7 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         results,
         dropped_tx,
         dropped,
+        auto_dropped_tx,
         outbox: Outbox::new(events_tx),
         dials: TaskTracker::new(),
         tasks,
