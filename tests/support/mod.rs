@@ -6,7 +6,10 @@ pub mod dns;
 pub mod manager;
 pub mod socks5;
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::{Mutex, PoisonError},
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -48,11 +51,30 @@ pub async fn echo_target() -> SocketAddr {
     addr
 }
 
+/// The sockets that hold the ports of [`refused_addr`] and
+/// [`refused_addrs`] until the test process ends.
+static RESERVED: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+
 /// A loopback address on which nothing listens: connecting is refused.
+///
+/// The port stays bound (never listening, without `SO_REUSEADDR`) for the
+/// rest of the process, so that no other test's listener and no outgoing
+/// connection can take it while this test expects a refusal.
 pub async fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("an inet address");
+    RESERVED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(socket);
     addr
 }
 
@@ -146,14 +168,13 @@ pub async fn closing_peers(n: usize) -> Vec<SocketAddr> {
     addrs
 }
 
-/// `n` loopback addresses on which nothing listens.
+/// `n` loopback addresses on which nothing listens (see [`refused_addr`]).
 pub async fn refused_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners =
-        futures_util::future::join_all((0..n).map(|_| TcpListener::bind("127.0.0.1:0"))).await;
-    listeners
-        .iter()
-        .map(|l| l.as_ref().expect("bind").local_addr().expect("addr"))
-        .collect()
+    let mut addrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        addrs.push(refused_addr().await);
+    }
+    addrs
 }
 
 /// A loopback peer that accepts each connection and closes it at once.

@@ -4,7 +4,10 @@
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
     time::Duration,
 };
 
@@ -289,8 +292,9 @@ impl RealSocks5 {
     pub async fn start(credentials: Option<(&str, &str)>) -> Self {
         let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
         let bin = std::env::var("MICROSOCKS").unwrap_or_else(|_| "microsocks".to_owned());
+        let method = if credentials.is_some() { 0x02 } else { 0x00 };
         for _ in 0..20 {
-            let port = free_port().await;
+            let port = proxy_port();
             let mut cmd = Command::new(&bin);
             cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
@@ -321,7 +325,7 @@ impl RealSocks5 {
                 external: true,
                 child: Some(child),
             };
-            if server.wait_ready().await {
+            if server.wait_ready(method).await {
                 return server;
             }
             // The port was taken in between, or microsocks died: try another.
@@ -333,25 +337,45 @@ impl RealSocks5 {
         panic!("could not start microsocks on a free port");
     }
 
-    async fn wait_ready(&mut self) -> bool {
+    /// Waits until the proxy answers a SOCKS5 greeting offering `method`
+    /// with that method, and checks that it is this child that answered
+    /// (one that could not bind its port has exited).
+    async fn wait_ready(&mut self, method: u8) -> bool {
         for _ in 0..500 {
-            if let Some(child) = &mut self.child {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return false;
-                }
+            if self.exited() {
+                return false;
             }
-            if TcpStream::connect(self.addr).await.is_ok() {
-                return true;
+            if let Ok(mut probe) = TcpStream::connect(self.addr).await {
+                let mut reply = [0u8; 2];
+                let answered = probe.write_all(&[0x05, 0x01, method]).await.is_ok()
+                    && probe.read_exact(&mut reply).await.is_ok();
+                return answered && reply == [0x05, method] && !self.exited();
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         false
     }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
 }
 
-async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind for a free port");
-    l.local_addr().expect("addr").port()
+/// A port for microsocks: below the kernel's ephemeral range (32768 and up
+/// here), so that no test's listener on port 0 and no outgoing connection
+/// can take it between choosing it and microsocks binding it; consecutive
+/// from a random start, so that one test process never picks one twice.
+fn proxy_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let _ = NEXT.compare_exchange(
+        0,
+        fastrand::u16(0..SPAN) + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN
 }
