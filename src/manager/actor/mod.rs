@@ -113,7 +113,8 @@ pub(crate) struct Actor<A, D: Service<A>> {
     dropped_tx: mpsc::UnboundedSender<Dropped>,
     dropped: mpsc::UnboundedReceiver<Dropped>,
     /// Where automatic connections send their drop notice: the fill task,
-    /// which passes it on (see `fill`).
+    /// which passes it on (see `fill`). Bounded by the target: one notice
+    /// per automatic connection.
     auto_dropped_tx: Option<mpsc::UnboundedSender<Dropped>>,
     outbox: Outbox<D::Response, A>,
     /// Every dial task, so that stop can wait for the aborted ones.
@@ -158,6 +159,8 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
     if let Some(fill) = config.fill.filter(|_| config.target_outbound > 0) {
         let (tx, rx) = mpsc::channel(BATCH);
         auto = Some(rx);
+        // Bounded by the target, as `dropped`: one notice per automatic
+        // connection, each holding one of its permits.
         let (notices_tx, notices) = mpsc::unbounded_channel();
         auto_dropped_tx = Some(notices_tx);
         let relay = Relay {
