@@ -209,10 +209,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     // ===== connections =====
 
     pub(super) fn on_dropped(&mut self, Dropped { id, control }: Dropped) {
-        // Frees the outbound slot, if it still holds one.
-        control.close();
-        // The notice of an earlier connection of the same request may come
-        // late; only the current connection's owner can end it.
+        // The drop has released the outbound slot, if it held one. The
+        // notice of an earlier connection of the same request may come late;
+        // only the current connection's owner can end it.
         let current = self.slots.get(&id).is_some_and(|s| {
             s.state == ConnState::Established
                 && s.control.as_ref().is_some_and(|c| Arc::ptr_eq(c, &control))
