@@ -20,7 +20,9 @@
 //!
 //! `--workers N` sets the runtime's worker threads (2 by default; `hold` and
 //! `accept` measure in child processes with 2). `--only connmgr|raw` runs one
-//! side, for profiling.
+//! side, for profiling. `churn` and `refused` also report the context
+//! switches of each side per event (from `/proc/self/task/*/status`): a
+//! worker thread that parks or is woken by another costs one.
 //!
 //! Scenarios:
 //! - `churn`: `target` connections kept filled; the peers close each at once;
@@ -182,6 +184,25 @@ fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// Context switches (voluntary and not) of this process's live threads: a
+/// thread that blocks or is woken by another costs one.
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -201,29 +222,34 @@ struct Sample {
     wall: Duration,
     cpu: Duration,
     value: f64,
+    /// Context switches per event.
+    switches: f64,
 }
 
-/// Wall and CPU time since a round started.
+/// Wall time, CPU time and context switches since a round started.
 struct Meter {
     start: Instant,
     cpu0: Duration,
+    switches0: u64,
 }
 
 impl Meter {
     fn start() -> Self {
         Self {
             cpu0: cpu_time(),
+            switches0: context_switches(),
             start: Instant::now(),
         }
     }
 
     /// `n` events over `wall` (measured by the caller), with the CPU time
-    /// spent until now.
+    /// and context switches until now.
     fn sample(&self, wall: Duration, n: u64) -> Sample {
         Sample {
             wall,
             cpu: cpu_time().saturating_sub(self.cpu0),
             value: n as f64 / wall.as_secs_f64(),
+            switches: context_switches().saturating_sub(self.switches0) as f64 / n.max(1) as f64,
         }
     }
 }
@@ -234,6 +260,7 @@ impl Sample {
         wall: Duration::from_nanos(1),
         cpu: Duration::ZERO,
         value: 0.0,
+        switches: 0.0,
     };
 }
 
@@ -545,6 +572,13 @@ async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sa
     .await
 }
 
+/// "conns/s" -> "conn".
+fn unit_event(unit: &str) -> &str {
+    unit.split('/')
+        .next()
+        .map_or(unit, |u| u.trim_end_matches('s'))
+}
+
 fn report(scenario: &str, params: &str, unit: &str, a: &[Sample], b: &[Sample]) -> f64 {
     let av: Vec<f64> = a.iter().map(|s| s.value).collect();
     let bv: Vec<f64> = b.iter().map(|s| s.value).collect();
@@ -576,8 +610,16 @@ fn report(scenario: &str, params: &str, unit: &str, a: &[Sample], b: &[Sample]) 
             .join(" ")
     );
     let ratio = median(ratios);
+    let (sa, sb) = (
+        median(a.iter().map(|s| s.switches).collect()),
+        median(b.iter().map(|s| s.switches).collect()),
+    );
     println!(
-        "{scenario} {params} connmgr={:.1} raw={:.1} ratio={ratio:.3} cpu_ratio={:.2}",
+        "context switches per {}: connmgr {sa:.2}, raw {sb:.2}",
+        unit_event(unit)
+    );
+    println!(
+        "{scenario} {params} connmgr={:.1} raw={:.1} ratio={ratio:.3} cpu_ratio={:.2} switches={sa:.2}/{sb:.2}",
         median(av),
         median(bv),
         median(cpu)
@@ -604,8 +646,8 @@ async fn churn(o: &Opts) -> Result<(), Error> {
             Sample::NONE
         };
         println!(
-            "round {round}: connmgr {:.0}/s ({:?} cpu)  raw {:.0}/s ({:?} cpu)",
-            x.value, x.cpu, y.value, y.cpu
+            "round {round}: connmgr {:.0}/s ({:?} cpu, {:.2} cs/conn)  raw {:.0}/s ({:?} cpu, {:.2} cs/conn)",
+            x.value, x.cpu, x.switches, y.value, y.cpu, y.switches
         );
         a.push(x);
         b.push(y);
