@@ -55,6 +55,9 @@ pub(crate) struct Fill<A, D: Service<A>> {
 }
 
 /// The drop notices of automatic connections, on their way to the manager.
+/// Unbounded, yet bounded by the target: one notice per automatic
+/// connection, and a replacement needs this task, which passes every notice
+/// on before it dials.
 pub(crate) struct Relay {
     pub(crate) notices: mpsc::UnboundedReceiver<Dropped>,
     pub(crate) manager: mpsc::UnboundedSender<Dropped>,

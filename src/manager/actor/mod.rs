@@ -106,15 +106,19 @@ pub(crate) struct Actor<A, D: Service<A>> {
     accepted: Option<mpsc::Receiver<Accepted>>,
     inbound_addr: Option<fn(std::net::SocketAddr) -> A>,
     observer: Option<Arc<dyn Observer<A>>>,
-    // Bounded by the live requests: one result per dial in flight.
+    // Unbounded channels, each bounded by the state map: a flooding peer
+    // gets no entry beyond `max_inbound`, and a slow callback does not stop
+    // the manager from draining them (it only pauses new work).
+    //
+    // One result per dial in flight.
     results_tx: mpsc::UnboundedSender<Dialed<D::Response>>,
     results: mpsc::UnboundedReceiver<Dialed<D::Response>>,
-    // Bounded by the live requests: one notice per established connection.
+    // One notice per established connection.
     dropped_tx: mpsc::UnboundedSender<Dropped>,
     dropped: mpsc::UnboundedReceiver<Dropped>,
     /// Where automatic connections send their drop notice: the fill task,
     /// which passes it on (see `fill`). Bounded by the target: one notice
-    /// per automatic connection.
+    /// per automatic connection, which holds one of the target's permits.
     auto_dropped_tx: Option<mpsc::UnboundedSender<Dropped>>,
     outbox: Outbox<D::Response, A>,
     /// Every dial task, so that stop can wait for the aborted ones.
