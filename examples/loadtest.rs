@@ -445,8 +445,8 @@ impl std::fmt::Display for Tagged {
 }
 
 impl PeerAddr for Tagged {
-    fn ip(&self) -> Option<std::net::IpAddr> {
-        Some(self.addr.ip())
+    fn host(&self) -> connmgr::policy::Host {
+        self.addr.host()
     }
 }
 

@@ -469,8 +469,12 @@ async fn connect_timeout_ends_hanging_dials() {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct HostPort(String, u16);
 
-/// No IP: one netgroup for all host names.
-impl connmgr::policy::PeerAddr for HostPort {}
+/// No IP: a host name, grouped by its last two labels.
+impl connmgr::policy::PeerAddr for HostPort {
+    fn host(&self) -> connmgr::policy::Host {
+        connmgr::policy::Host::name(&self.0)
+    }
+}
 
 impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

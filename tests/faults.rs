@@ -277,6 +277,9 @@ async fn flood_with_slow_on_accept_bounded() {
     let handle = ConnManager::builder()
         .listener(listener)
         .max_inbound(Some(50))
+        // Every newcomer would evict someone when full: this test counts
+        // admissions, so the full slots refuse instead.
+        .policy(connmgr::policy::Policy::new().evict_when_full(false))
         .callback_queue(8)
         .on_accept(move |conn| {
             g.wait();

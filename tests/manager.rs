@@ -15,6 +15,7 @@ use std::{
 use connmgr::{
     backoff::JitterRng,
     manager::{Builder, ConfigError, ConnKind, ConnManager, ConnState, Error},
+    policy::Policy,
 };
 use support::{
     HoldingPeer,
@@ -76,7 +77,9 @@ async fn inbound_limit() {
     let (b, mut ev) = record(
         ConnManager::builder()
             .listener(listener)
-            .max_inbound(Some(2)),
+            .max_inbound(Some(2))
+            // btcd's limit: a full node refuses (no eviction).
+            .policy(Policy::new().evict_when_full(false)),
     );
     let handle = b.start().expect("start");
 
@@ -145,6 +148,8 @@ async fn inbound_limit_concurrent() {
     let handle = ConnManager::builder()
         .listener(listener)
         .max_inbound(Some(8))
+        // btcd's limit: a full node refuses (no eviction).
+        .policy(Policy::new().evict_when_full(false))
         .on_accept(move |conn| {
             let now = l.fetch_add(1, Ordering::SeqCst) + 1;
             m.fetch_max(now, Ordering::SeqCst);
@@ -604,7 +609,9 @@ async fn listener_inbound_limit() {
     let (b, mut ev) = record(
         ConnManager::builder()
             .listener(listener)
-            .max_inbound(Some(1)),
+            .max_inbound(Some(1))
+            // btcd's limit: a full node refuses (no eviction).
+            .policy(Policy::new().evict_when_full(false)),
     );
     let handle = b.start().expect("start");
     let _c1 = TcpStream::connect(addr).await.expect("c1");

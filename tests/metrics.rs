@@ -51,7 +51,11 @@ async fn metrics_published() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let inbound = listener.local_addr().expect("addr");
     let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
-    let (b, mut ev) = record(ConnManager::builder().max_inbound(Some(1)));
+    let (b, mut ev) = record(
+        ConnManager::builder()
+            .max_inbound(Some(1))
+            .policy(connmgr::policy::Policy::new().evict_when_full(false)),
+    );
     let handle = b
         .listener(listener)
         .on_accept(move |c| {

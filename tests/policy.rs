@@ -1,7 +1,8 @@
 //! The peer policy over real loopback sockets: duplicates, netgroup
 //! diversity, inbound limits, eviction, bans, inbound entries, and an
 //! eclipse attempt. Peers sit on 127.a.b.c addresses, which Linux routes to
-//! `lo`, and the policy is told to apply to loopback (`limit_local`).
+//! `lo`, and the policy is told to treat loopback as routable
+//! (`Policy::treat_as_routable`).
 
 mod support;
 
@@ -14,7 +15,7 @@ use std::{
 use connmgr::{
     DialStack,
     manager::{ConnKind, ConnManager, ConnState, DisconnectReason, Error, Points},
-    policy::{NetGroup, Policy, Subnet},
+    policy::{Policy, Subnet},
 };
 use support::{
     HoldingPeer, connect_from,
@@ -27,9 +28,10 @@ fn ip(a: u8, b: u8, c: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, a, b, c)
 }
 
-/// The policy applied to loopback peers, as to public ones.
+/// The policy applied to loopback peers, as to public ones: 127.a.b.c is
+/// treated as a routable address in group 127.a.
 fn strict() -> Policy {
-    Policy::new().limit_local(true)
+    Policy::new().treat_as_routable("127.0.0.0/8".parse().expect("subnet"))
 }
 
 /// Reads until the manager closes the socket (EOF or reset).
@@ -103,10 +105,14 @@ async fn outbound_netgroup_diversity_counts_pending() {
     settle().await;
     let snap = handle.snapshot().await.expect("snapshot");
     assert_eq!(snap.count(ConnState::Pending), 2, "{:?}", snap.entries);
-    let groups: HashSet<NetGroup> = snap
+    // Groups as the policy counts them here: 127.a/16.
+    let groups: HashSet<u8> = snap
         .entries
         .iter()
-        .map(|e| connmgr::policy::PeerAddr::netgroup(&e.info.addr))
+        .map(|e| match e.info.addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.octets()[1],
+            std::net::IpAddr::V6(_) => 0,
+        })
         .collect();
     assert_eq!(groups.len(), 2, "one dial per group");
     assert_eq!(silent.accepted(), 2);
@@ -207,15 +213,24 @@ async fn inbound_eviction_protects_diversity() {
             );
             assert!(held[2].is_closed());
             assert_eq!(handle.counters().evicted, 1);
-            // 127.6/16 now holds 2, as many as any: its newcomer is refused.
-            let mut again = connect_from(ip(6, 0, 9), addr).await;
-            assert!(closed_by_manager(&mut again).await);
+            // Full again: someone always goes, the youngest of the largest
+            // group (127.6/16, which still holds 2), even for a newcomer
+            // of that group.
+            let _again = connect_from(ip(6, 0, 9), addr).await;
+            let admitted_again = ev.accepted.recv().await.expect("admitted");
+            let gone = ev.disconnected.recv().await.expect("evicted");
+            assert_eq!(
+                (gone.info.id, gone.reason),
+                (held[1].id(), DisconnectReason::Evicted)
+            );
             held.push(admitted);
+            held.push(admitted_again);
+            assert_eq!(handle.counters().rejected.full, 0);
         } else {
             assert!(closed_by_manager(&mut newcomer).await, "refused when full");
             assert_eq!(handle.counters().evicted, 0);
+            assert_eq!(handle.counters().rejected.full, 1);
         }
-        assert_eq!(handle.counters().rejected.full, 1);
         handle.stop().await;
     }
 }
@@ -281,11 +296,11 @@ async fn ban_refuses_dial_and_accept() {
 
 /// A ban closes the connections inside it, outbound and inbound, and a
 /// permanent peer inside it is not reconnected. A ban score past the
-/// threshold bans the peer's address.
+/// threshold discourages a routable peer's address.
 #[tokio::test]
 async fn ban_closes_existing_connections() {
     let peer = HoldingPeer::start_on(vec![ip(10, 0, 1)]).await;
-    let (handle, addr, mut ev) = listening(ConnManager::builder()).await;
+    let (handle, addr, mut ev) = listening(ConnManager::builder().policy(strict())).await;
     let permanent = handle.connect_permanent(peer.addr).await.expect("connect");
     let outbound = ev.connected.recv().await.expect("connected");
     let _client = connect_from(ip(10, 0, 2), addr).await;
@@ -310,7 +325,8 @@ async fn ban_closes_existing_connections() {
     assert!(handle.state(permanent).await.is_ok_and(|s| s.is_final()));
 
     // Misbehaviour: transient points decay, persistent ones stay; at 100
-    // the address is banned for the policy's duration.
+    // the host is discouraged for the policy's duration (not a manual
+    // ban: discouragement is bounded apart) and refused when it returns.
     let _client = connect_from(ip(11, 0, 1), addr).await;
     let bad = ev.accepted.recv().await.expect("accepted");
     assert_eq!(handle.misbehaving(bad.id(), 50, "noise").await, Ok(50));
@@ -324,12 +340,17 @@ async fn ban_closes_existing_connections() {
         (gone.info.id, gone.reason),
         (bad.id(), DisconnectReason::Banned)
     );
-    let bans = handle.bans().await.expect("bans");
-    let host: Subnet = std::net::IpAddr::V4(ip(11, 0, 1)).into();
-    assert!(
-        bans.iter()
-            .any(|b| b.subnet == host && b.reason == "invalid block")
-    );
+    let snap = handle.snapshot().await.expect("snapshot");
+    assert_eq!(snap.discouraged, 1);
+    assert_eq!(snap.bans.len(), 1, "only the manual ban");
+    let mut back = connect_from(ip(11, 0, 1), addr).await;
+    assert!(closed_by_manager(&mut back).await, "discouraged: refused");
+    assert_eq!(handle.counters().rejected.discouraged, 1);
+    let _other = connect_from(ip(11, 0, 2), addr).await;
+    ev.accepted
+        .recv()
+        .await
+        .expect("another host of the group is welcome");
     assert_eq!(handle.counters().bans, 2);
     handle.stop().await;
 }
@@ -461,9 +482,20 @@ async fn eclipse_attacker_cannot_take_outbound() {
             .await
             .expect("admitted")
             .expect("open");
-        groups.insert(NetGroup::of(conn.addr().ip()));
+        groups.insert(conn.addr().ip());
     }
-    assert_eq!(groups.len(), 6, "the flood's group and 5 others");
+    let groups: HashSet<u8> = groups
+        .into_iter()
+        .map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => v4.octets()[1],
+            std::net::IpAddr::V6(_) => 0,
+        })
+        .collect();
+    assert_eq!(
+        groups.len(),
+        6,
+        "the flood's group (127.60/16) and 5 others"
+    );
     assert_eq!(handle.counters().inbound_accepted, per_group + 5);
     handle.stop().await;
 }

@@ -12,12 +12,18 @@ use std::{sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::mpsc};
 
 use super::{counters::Shared, message::Accepted};
+use crate::policy::state::Origin;
 
 /// The first wait after an accept error; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, tx: mpsc::Sender<Accepted>) {
+pub(crate) async fn run(
+    listener: TcpListener,
+    origin: Origin,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Accepted>,
+) {
     let local = listener.local_addr().ok();
     let mut backoff = Duration::ZERO;
     loop {
@@ -27,7 +33,11 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, tx: mpsc::Se
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
-                place.send(Accepted { stream, peer });
+                place.send(Accepted {
+                    stream,
+                    peer,
+                    origin,
+                });
             }
             Err(error) => {
                 shared.accept_error();

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     Dialer,
     backoff::{Backoff, DEFAULT_JITTER, InvalidBackoff, JitterRng},
-    policy::{Ban, Policy},
+    policy::{Ban, Network, Permissions, Policy, state::Origin},
     seed::AddressBook,
 };
 
@@ -36,7 +36,7 @@ pub struct Builder<A, D: Service<A>> {
     max_failures: u32,
     connect_timeout: Option<Duration>,
     fill: Option<FillTask<A, D>>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Origin)>,
     inbound_addr: Option<fn(SocketAddr) -> A>,
     max_inbound: Option<usize>,
     policy: Policy,
@@ -186,11 +186,21 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     /// closes it on stop. Requires [`on_accept`](Self::on_accept). Inbound
     /// connections are entries of the state map, with the peer's address as
     /// an `A`.
-    pub fn listener(mut self, listener: TcpListener) -> Self
+    pub fn listener(self, listener: TcpListener) -> Self
     where
         A: From<SocketAddr>,
     {
-        self.listeners.push(listener);
+        self.listener_with(listener, ListenerOptions::new())
+    }
+
+    /// Like [`listener`](Self::listener), with options: the network its
+    /// peers come from (a Tor onion service's listener), and permissions
+    /// for every peer of it (Core's `-bind=…=onion` and `-whitebind`).
+    pub fn listener_with(mut self, listener: TcpListener, options: ListenerOptions) -> Self
+    where
+        A: From<SocketAddr>,
+    {
+        self.listeners.push((listener, options.origin));
         self.inbound_addr = Some(A::from);
         self
     }
@@ -341,6 +351,48 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             stop_grace: self.stop_grace,
             callbacks: self.callbacks,
         })
+    }
+}
+
+/// What a listener says of its peers; see [`Builder::listener_with`].
+///
+/// ```
+/// use connmgr::{manager::ListenerOptions, policy::{Network, Permissions}};
+///
+/// // The listener behind an onion service: its peers arrive from
+/// // 127.0.0.1, but they are Tor peers, and each is a peer of its own.
+/// let tor = ListenerOptions::new().network(Network::Onion);
+/// // A listener for the node's own tools, never punished.
+/// let trusted = ListenerOptions::new().permissions(Permissions::NOBAN);
+/// # let _ = (tor, trusted);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerOptions {
+    origin: Origin,
+}
+
+impl ListenerOptions {
+    /// A plain listener: its peers are what their addresses say.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Its peers come from `network` (say [`Network::Onion`] for the
+    /// listener an onion service forwards to): they are that network's
+    /// peers, not the proxy's address. They share one group
+    /// ([`NetGroup::Inbound`](crate::policy::NetGroup::Inbound)), no
+    /// per-IP limit applies to them, no IP ban or discouragement reaches
+    /// them, and a misbehaving one is disconnected, never banned.
+    pub fn network(mut self, network: Network) -> Self {
+        self.origin.network = Some(network);
+        self
+    }
+
+    /// Grants `permissions` to every peer of this listener (Core's
+    /// `-whitebind`).
+    pub fn permissions(mut self, permissions: Permissions) -> Self {
+        self.origin.permissions = permissions;
+        self
     }
 }
 

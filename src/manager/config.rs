@@ -8,7 +8,7 @@ use tower::Service;
 use super::{events::Callbacks, fill::FillTask};
 use crate::{
     backoff::Backoff,
-    policy::{Ban, Policy},
+    policy::{Ban, Policy, state::Origin},
 };
 
 /// Default number of automatic outbound connections.
@@ -44,7 +44,7 @@ pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) max_failures: u32,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) fill: Option<FillTask<A, D>>,
-    pub(crate) listeners: Vec<TcpListener>,
+    pub(crate) listeners: Vec<(TcpListener, Origin)>,
     /// How an inbound peer's address becomes an `A` (set with a listener).
     pub(crate) inbound_addr: Option<fn(SocketAddr) -> A>,
     pub(crate) max_inbound: Option<usize>,

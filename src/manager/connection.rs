@@ -66,7 +66,7 @@ impl Control {
         self.write.wake();
     }
 
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         // A poisoned lock still holds a valid Option.
         let permit = match self.permit.lock() {
             Ok(mut guard) => guard.take(),

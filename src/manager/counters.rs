@@ -38,7 +38,7 @@ pub(crate) struct Shared {
 
 /// One counter per [`Refusal`].
 #[derive(Debug, Default)]
-struct RefusalCounts([AtomicU64; 5]);
+struct RefusalCounts([AtomicU64; 6]);
 
 impl RefusalCounts {
     fn add(&self, why: Refusal) {
@@ -48,18 +48,21 @@ impl RefusalCounts {
             Refusal::NetgroupFull => 2,
             Refusal::IpFull => 3,
             Refusal::InboundFull => 4,
+            Refusal::Discouraged => 5,
         };
         self.0[i].fetch_add(1, Relaxed);
     }
 
     fn load(&self) -> Refusals {
-        let [duplicate, banned, netgroup, ip, full] = self.0.each_ref().map(|n| n.load(Relaxed));
+        let [duplicate, banned, netgroup, ip, full, discouraged] =
+            self.0.each_ref().map(|n| n.load(Relaxed));
         Refusals {
             duplicate,
             banned,
             netgroup,
             ip,
             full,
+            discouraged,
         }
     }
 }

@@ -78,6 +78,10 @@ pub enum Error {
     Duplicate(ConnId),
     /// The address is banned, by this ban.
     Banned(Subnet),
+    /// The ban list holds as many bans as
+    /// [`Policy::max_bans`](crate::policy::Policy::max_bans) allows (this
+    /// many); the ban was not made.
+    BanListFull(usize),
 }
 
 impl fmt::Display for Error {
@@ -90,6 +94,7 @@ impl fmt::Display for Error {
             }
             Self::Duplicate(id) => write!(f, "the address is taken by connection {id}"),
             Self::Banned(subnet) => write!(f, "the address is banned ({subnet})"),
+            Self::BanListFull(max) => write!(f, "the ban list is full ({max} bans)"),
         }
     }
 }

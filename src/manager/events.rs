@@ -7,7 +7,7 @@
 //! no accept), so the backlog is bounded by the requests already under way.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     panic::AssertUnwindSafe,
     sync::{
         Arc,
@@ -21,7 +21,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Connection, DialFailure, Disconnected, counters::Shared};
+use super::{ConnId, Connection, DialFailure, Disconnected, counters::Shared};
 
 /// How many events the callback task takes off the queue at once.
 const BATCH: usize = 32;
@@ -58,9 +58,31 @@ impl<IO, A> Default for Callbacks<IO, A> {
 /// The manager's end of the callback queue, with its backlog: events that
 /// did not fit, in order. The manager pauses new work while the backlog is
 /// not empty ([`is_behind`](Self::is_behind)).
+///
+/// A failed dial of a request whose last event in the backlog is a failed
+/// dial replaces that event instead of queueing behind it: a permanent peer
+/// that keeps failing while the callbacks are stuck has at most one failure
+/// waiting, the latest (its `attempt` says how many there were).
 pub(crate) struct Outbox<IO, A> {
     tx: mpsc::Sender<Event<IO, A>>,
     backlog: VecDeque<Event<IO, A>>,
+    /// How many events have left the front of the backlog, so that a
+    /// position stays valid as it drains.
+    popped: u64,
+    /// Per request, the position of its failure event in the backlog when
+    /// that is its last event there.
+    last_failure: HashMap<ConnId, u64>,
+}
+
+impl<IO, A> Event<IO, A> {
+    fn id(&self) -> ConnId {
+        match self {
+            Self::Connected(c) => c.id(),
+            Self::Accepted(c) => c.id(),
+            Self::Disconnected(d) => d.info.id,
+            Self::DialFailed(f) => f.info.id,
+        }
+    }
 }
 
 impl<IO, A> Outbox<IO, A> {
@@ -68,7 +90,42 @@ impl<IO, A> Outbox<IO, A> {
         Self {
             tx,
             backlog: VecDeque::new(),
+            popped: 0,
+            last_failure: HashMap::new(),
         }
+    }
+
+    /// Puts an event at the back of the backlog, or in place of the
+    /// request's waiting failure.
+    fn push_back(&mut self, event: Event<IO, A>) {
+        let id = event.id();
+        let failure = matches!(event, Event::DialFailed(_));
+        if failure {
+            if let Some(&at) = self.last_failure.get(&id) {
+                let i = usize::try_from(at - self.popped).unwrap_or(usize::MAX);
+                if let Some(slot) = self.backlog.get_mut(i) {
+                    *slot = event;
+                    return;
+                }
+            }
+            let at = self.popped + self.backlog.len() as u64;
+            self.last_failure.insert(id, at);
+        } else if !self.last_failure.is_empty() {
+            self.last_failure.remove(&id);
+        }
+        self.backlog.push_back(event);
+    }
+
+    fn pop_front(&mut self) -> Option<Event<IO, A>> {
+        let event = self.backlog.pop_front()?;
+        if !self.last_failure.is_empty() {
+            let id = event.id();
+            if self.last_failure.get(&id) == Some(&self.popped) {
+                self.last_failure.remove(&id);
+            }
+        }
+        self.popped += 1;
+        Some(event)
     }
 
     /// Whether events wait in the backlog.
@@ -94,21 +151,22 @@ impl<IO, A> Outbox<IO, A> {
     /// Queues an event, behind any backlog.
     pub(crate) fn emit(&mut self, event: Event<IO, A>) {
         if self.is_behind() {
-            self.backlog.push_back(event);
+            self.push_back(event);
             return;
         }
         if let Err(TrySendError::Full(event)) = self.tx.try_send(event) {
             tracing::debug!("callbacks behind; pausing new work");
-            self.backlog.push_back(event);
+            self.push_back(event);
         }
     }
 
     /// Moves what fits of the backlog into the queue.
     pub(crate) fn flush(&mut self) {
-        while let Some(event) = self.backlog.pop_front() {
-            if let Err(TrySendError::Full(event)) = self.tx.try_send(event) {
-                self.backlog.push_front(event);
-                return;
+        let tx = self.tx.clone();
+        while let Ok(place) = tx.try_reserve() {
+            match self.pop_front() {
+                Some(event) => place.send(event),
+                None => return,
             }
         }
     }
@@ -118,7 +176,7 @@ impl<IO, A> Outbox<IO, A> {
     pub(crate) async fn close(mut self, deadline: Instant) {
         let tx = self.tx.clone();
         let send_all = async {
-            while let Some(event) = self.backlog.pop_front() {
+            while let Some(event) = self.pop_front() {
                 if tx.send(event).await.is_err() {
                     return;
                 }

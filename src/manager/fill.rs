@@ -1,14 +1,18 @@
 //! The fill task: keeps the automatic outbound connections at the target.
 //!
 //! The target *is* an [`OutboundLimit`] around the dial stack. The task waits
-//! for a free permit, waits out the failure throttle, asks the address
-//! source for an address, starts the dial and hands it to the manager task,
-//! which gives it an entry and a dial task. The permit travels with the
-//! dial into the connection and comes back when the connection is dropped,
-//! which wakes this task for the replacement.
+//! for a free permit (the stack's `poll_ready`), waits out the failure
+//! throttle, asks the address source for an address, and hands the address
+//! with the ready stack to the manager task. The manager checks the policy
+//! first: a candidate it refuses is dropped with its permit and never
+//! reaches the stack's `call`; one it takes gets an entry and a dial task,
+//! which calls the stack. The permit travels with the dial into the
+//! connection and comes back when the connection is dropped, which wakes
+//! this task for the replacement. No message is added per dial: the
+//! candidate goes to the manager as the started dial did before.
 //!
-//! User code runs here (the source, the stack's `poll_ready` and `call`); a
-//! panic in it costs one failed attempt, never the task.
+//! User code runs here (the source, the stack's `poll_ready`); a panic in it
+//! costs one failed attempt, never the task.
 //!
 //! The drop notices of automatic connections come here first, and are
 //! passed on to the manager at once, even while the source or the stack is
@@ -41,14 +45,11 @@ const SKIPS_PER_ROUND: u64 = 32;
 /// How many drop notices the task passes on at once.
 const NOTICES: usize = 64;
 
-/// The future of an automatic dial: the stack's, holding a permit.
-pub(crate) type AutoFuture<A, D> = <OutboundLimit<D> as Service<A>>::Future;
-
 /// What the fill task needs besides the address source.
 pub(crate) struct Fill<A, D: Service<A>> {
     pub(crate) dialer: D,
     pub(crate) permits: Arc<Semaphore>,
-    pub(crate) tx: mpsc::Sender<AutoDial<A, AutoFuture<A, D>>>,
+    pub(crate) tx: mpsc::Sender<AutoDial<A, OutboundLimit<D>>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) retry_base: Duration,
     pub(crate) max_failures: u32,
@@ -101,6 +102,8 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
     async fn fill<S: AddressSource<A>>(self, mut source: S) {
         let mut svc = self.limited();
         loop {
+            // Each candidate takes a ready stack of its own to the manager.
+
             let ready = AssertUnwindSafe(svc.ready()).catch_unwind().await;
             let ready = ready.map(|r| r.map(drop).map_err(Into::<BoxError>::into));
             match ready {
@@ -161,17 +164,15 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
                 }
             };
             let started = Instant::now();
-            let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(addr.clone()))) {
-                Ok(fut) => Ok(fut),
-                Err(_) => {
-                    // The permit taken by `poll_ready` was dropped in the
-                    // unwind; the stack may be broken: start from a clone.
-                    svc = self.limited();
-                    self.shared.attempt_ended(false);
-                    Err(self.shared.panicked("dial stack call"))
-                }
+            // The ready stack (holding its permit) goes with the candidate;
+            // the next round starts from a fresh clone.
+            let ready = std::mem::replace(&mut svc, self.limited());
+            let dial = AutoDial {
+                addr,
+                started,
+                svc: ready,
             };
-            if self.tx.send(AutoDial { addr, started, fut }).await.is_err() {
+            if self.tx.send(dial).await.is_err() {
                 return;
             }
         }

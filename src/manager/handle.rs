@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    ConnId, ConnKind, ConnState, Counters, Error, Points, Snapshot, counters::Shared,
+    ConnId, ConnKind, ConnState, Counters, Error, Points, Report, Snapshot, counters::Shared,
     message::Command,
 };
 use crate::policy::{Ban, Subnet};
@@ -133,11 +133,18 @@ impl<A> Handle<A> {
         self.ask(|reply| Command::Snapshot { reply }).await
     }
 
-    /// Bans `subnet` (an address is its own `/32` or `/128`: `ip.into()`)
-    /// for `duration`: its connections are closed, its pending dials
-    /// dropped, and until the ban ends no dial goes to it (an automatic
-    /// candidate is skipped, an explicit request is [`Error::Banned`]) and
-    /// its inbound sockets are closed before `on_accept`.
+    /// Bans `subnet` (an address is its own `/32` or `/128`: `ip.into()`;
+    /// an onion service is `Subnet::from(host)`) for `duration`: its
+    /// connections are closed, its pending dials dropped, and until the ban
+    /// ends no dial goes to it (an automatic candidate is skipped, an
+    /// explicit request is [`Error::Banned`]) and its inbound sockets are
+    /// closed before `on_accept`. Peers with
+    /// [`NOBAN`](crate::policy::Permissions::NOBAN) are never banned.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BanListFull`] when the list holds
+    /// [`Policy::max_bans`](crate::policy::Policy::max_bans) bans in force.
     pub async fn ban(
         &self,
         subnet: Subnet,
@@ -151,7 +158,7 @@ impl<A> Handle<A> {
             reason,
             reply,
         })
-        .await
+        .await?
     }
 
     /// Lifts the ban of exactly `subnet`; `false` when there was none.
@@ -168,8 +175,13 @@ impl<A> Handle<A> {
     /// Adds ban-score points to a connection for misbehaving (btcd's
     /// `addBanScore`): a bare number is transient points, which halve every
     /// minute; [`Points::persistent`] stay. Returns the score, decayed. At
-    /// the policy's threshold (100 by default) the peer's IP is banned for
-    /// the policy's ban duration (24 hours by default).
+    /// the policy's threshold (100 by default) the peer is punished by its
+    /// network and permissions, as the [policy docs](crate::policy#misbehaviour)
+    /// say: a routable or onion host is discouraged for the policy's ban
+    /// duration (24 hours by default) and disconnected, a local or
+    /// Tor-inbound peer is only disconnected, and a permanent or
+    /// [`NOBAN`](crate::policy::Permissions::NOBAN) peer keeps its
+    /// connection and only its score is reported.
     ///
     /// # Errors
     ///
@@ -188,6 +200,18 @@ impl<A> Handle<A> {
             reply,
         })
         .await?
+    }
+
+    /// Tells the manager what a peer did that eviction values: its ping, a
+    /// new block, a new transaction (Core protects the peers that do these
+    /// best; see [eviction](crate::policy#eviction)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`] when no live entry has this id.
+    pub async fn report(&self, id: ConnId, report: Report) -> Result<(), Error> {
+        self.ask(|reply| Command::Report { id, report, reply })
+            .await?
     }
 
     /// The counters, read without asking the manager task. Works after stop.

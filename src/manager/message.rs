@@ -9,8 +9,8 @@ use tokio::{
 };
 use tower::BoxError;
 
-use super::{ConnId, ConnKind, ConnState, Error, Panicked, Points, Snapshot, connection::Control};
-use crate::policy::{Ban, Subnet};
+use super::{ConnId, ConnKind, ConnState, Error, Points, Report, Snapshot, connection::Control};
+use crate::policy::{Ban, Subnet, state::Origin};
 
 /// A command from a [`Handle`](super::Handle); the reply goes back on the
 /// oneshot.
@@ -39,7 +39,7 @@ pub(crate) enum Command<A> {
         subnet: Subnet,
         duration: Duration,
         reason: String,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), Error>>,
     },
     Unban {
         subnet: Subnet,
@@ -54,19 +54,24 @@ pub(crate) enum Command<A> {
         reason: String,
         reply: oneshot::Sender<Result<u32, Error>>,
     },
+    Report {
+        id: ConnId,
+        report: Report,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Stop {
         close: bool,
         reply: oneshot::Sender<()>,
     },
 }
 
-/// An automatic dial started by the fill task: its outbound permit is in
-/// `fut`, and moves into the connection. `Err` when the dial stack's `call`
-/// panicked: the attempt has failed already.
-pub(crate) struct AutoDial<A, F> {
+/// An automatic candidate from the fill task, with a ready dial stack that
+/// holds its outbound permit. The manager checks the policy before anyone
+/// calls the stack; the permit moves into the connection.
+pub(crate) struct AutoDial<A, S> {
     pub(crate) addr: A,
     pub(crate) started: Instant,
-    pub(crate) fut: Result<F, Panicked>,
+    pub(crate) svc: S,
 }
 
 /// A connection, with the outbound permit it holds if it is automatic.
@@ -89,4 +94,5 @@ pub(crate) struct Dropped {
 pub(crate) struct Accepted {
     pub(crate) stream: TcpStream,
     pub(crate) peer: SocketAddr,
+    pub(crate) origin: Origin,
 }

@@ -184,7 +184,7 @@ mod types;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use self::counters::names as metric_names;
 pub use self::{
-    builder::{Builder, ConfigError},
+    builder::{Builder, ConfigError, ListenerOptions},
     config::{
         DEFAULT_CALLBACK_QUEUE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FAILURES, DEFAULT_MAX_INBOUND,
         DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_STABLE_PERIOD, DEFAULT_STOP_GRACE,
@@ -196,7 +196,7 @@ pub use self::{
     traits::{Address, AddressSource, DialService},
     types::{
         ConnId, ConnKind, ConnState, Counters, DialFailure, Direction, DisconnectReason,
-        Disconnected, Entry, Refusals, Snapshot,
+        Disconnected, Entry, Refusals, Report, Snapshot,
     },
 };
 

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::ConnInfo;
-use crate::policy::{Ban, Refusal};
+use crate::policy::{Ban, Network, Permissions, Refusal};
 
 /// The id of a connection request. Ids start at 1 and are never reused
 /// within a manager.
@@ -130,6 +130,25 @@ pub struct Entry<A = SocketAddr> {
     pub connected_since: Option<Instant>,
     /// Its [`BanScore`](crate::policy::BanScore) now.
     pub ban_score: u32,
+    /// The network of the peer: of its address, or for an inbound peer of
+    /// a listener that says where its peers come from, that network.
+    pub network: Network,
+    /// Its permissions (from [`Policy::whitelist`](crate::policy::Policy::whitelist)
+    /// and its listener's).
+    pub permissions: Permissions,
+}
+
+/// What a peer did that eviction values, told with
+/// [`Handle::report`](super::Handle::report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Report {
+    /// A ping round trip; the lowest one is kept.
+    Ping(std::time::Duration),
+    /// It sent a block the node did not have.
+    Block,
+    /// It sent a transaction the node accepted.
+    Transaction,
 }
 
 impl<A> Entry<A> {
@@ -208,6 +227,8 @@ pub struct Refusals {
     pub ip: u64,
     /// `max_inbound` was reached and nobody could be evicted (inbound).
     pub full: u64,
+    /// The host was discouraged for misbehaving.
+    pub discouraged: u64,
 }
 
 impl Refusals {
@@ -219,12 +240,13 @@ impl Refusals {
             Refusal::NetgroupFull => self.netgroup,
             Refusal::IpFull => self.ip,
             Refusal::InboundFull => self.full,
+            Refusal::Discouraged => self.discouraged,
         }
     }
 
     /// All of them.
     pub fn total(&self) -> u64 {
-        self.duplicate + self.banned + self.netgroup + self.ip + self.full
+        self.duplicate + self.banned + self.netgroup + self.ip + self.full + self.discouraged
     }
 }
 
@@ -238,6 +260,10 @@ pub struct Snapshot<A = SocketAddr> {
     pub counters: Counters,
     /// The bans in force.
     pub bans: Vec<Ban>,
+    /// How many hosts are discouraged for misbehaving (at most
+    /// [`Policy::max_discouraged`](crate::policy::Policy::max_discouraged);
+    /// some may have expired).
+    pub discouraged: usize,
 }
 
 impl<A> Snapshot<A> {

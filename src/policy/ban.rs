@@ -7,8 +7,10 @@
 //! forgotten after half an hour; past the threshold, the peer is banned.
 
 use std::{
+    collections::{HashMap, VecDeque, hash_map::RandomState},
     error::Error as StdError,
     fmt,
+    hash::BuildHasher,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
     time::{Duration, SystemTime},
@@ -16,7 +18,10 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::canonical;
+use super::{
+    Host,
+    netgroup::{embedded_ipv4, unmap},
+};
 
 /// The half-life of a ban score's transient part.
 pub const HALF_LIFE: Duration = Duration::from_secs(60);
@@ -77,12 +82,23 @@ impl BanScore {
     }
 }
 
-/// An IP network: an address and a prefix length. A single address is its
-/// `/32` (IPv4) or `/128` (IPv6). IPv4 embedded in IPv6 is stored as IPv4.
+/// What a ban covers: an IP network (an address and a prefix length), or
+/// one host without an IP (an onion service, an I2P or CJDNS address).
+///
+/// A single IP address is its `/32` (IPv4) or `/128` (IPv6). An IPv4-mapped
+/// IPv6 network (`::ffff:0:0/96` and longer) is the IPv4 network it writes;
+/// every other IPv6 network stays in IPv6 space, so a `/96` never widens to
+/// IPv4. An IPv6 address that embeds an IPv4 address (6to4, Teredo, NAT64)
+/// is covered by a ban of its IPv6 range and by a ban of its IPv4 address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Subnet {
-    addr: IpAddr,
-    prefix: u8,
+pub struct Subnet(Net);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Net {
+    V4(u32, u8),
+    V6(u128, u8),
+    /// A host without an IP address: never `Host::Ip`.
+    Host(Host),
 }
 
 impl Subnet {
@@ -93,48 +109,75 @@ impl Subnet {
     ///
     /// [`InvalidSubnet`] when `prefix` is longer than the address.
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, InvalidSubnet> {
-        let (addr, prefix) = match (addr, canonical(addr)) {
-            // An IPv4 address written as IPv6 keeps its IPv4 bits.
-            (IpAddr::V6(_), IpAddr::V4(v4)) if prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
-            (IpAddr::V6(_), IpAddr::V4(_)) => (addr, prefix),
-            (a, _) => (a, prefix),
-        };
-        let addr = match addr {
-            IpAddr::V4(v4) if prefix <= 32 => {
-                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask32(prefix)))
-            }
-            IpAddr::V6(v6) if prefix <= 128 => {
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask128(prefix)))
-            }
-            _ => {
-                return Err(InvalidSubnet(format!(
-                    "prefix /{prefix} is too long for {addr}"
-                )));
-            }
-        };
-        Ok(Self { addr, prefix })
+        let too_long = || InvalidSubnet(format!("prefix /{prefix} is too long for {addr}"));
+        match addr {
+            IpAddr::V4(v4) if prefix <= 32 => Ok(Self::v4(v4, prefix)),
+            IpAddr::V6(v6) if prefix <= 128 => match v6.to_ipv4_mapped() {
+                // The IPv4 network it writes.
+                Some(v4) if prefix >= 96 => Ok(Self::v4(v4, prefix - 96)),
+                _ => Ok(Self(Net::V6(u128::from(v6) & mask128(prefix), prefix))),
+            },
+            _ => Err(too_long()),
+        }
     }
 
-    /// The first address.
-    pub fn addr(&self) -> IpAddr {
-        self.addr
+    fn v4(v4: Ipv4Addr, prefix: u8) -> Self {
+        Self(Net::V4(u32::from(v4) & mask32(prefix), prefix))
     }
 
-    /// The prefix length.
+    /// The first address of an IP network; `None` for a host without an IP.
+    pub fn addr(&self) -> Option<IpAddr> {
+        match self.0 {
+            Net::V4(a, _) => Some(IpAddr::V4(a.into())),
+            Net::V6(a, _) => Some(IpAddr::V6(a.into())),
+            Net::Host(_) => None,
+        }
+    }
+
+    /// The prefix length of an IP network; a host without an IP is its
+    /// whole key (`0`).
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        match self.0 {
+            Net::V4(_, p) | Net::V6(_, p) => p,
+            Net::Host(_) => 0,
+        }
     }
 
-    /// Whether `ip` is in this network.
+    /// The host, for a ban of one host without an IP.
+    pub fn host(&self) -> Option<Host> {
+        match self.0 {
+            Net::Host(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Whether `ip` is in this network (see the [type docs](Self)).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                u32::from(ip) & mask32(self.prefix) == u32::from(net)
+        match (self.0, unmap(ip)) {
+            (Net::V4(net, p), IpAddr::V4(ip)) => u32::from(ip) & mask32(p) == net,
+            (Net::V4(net, p), IpAddr::V6(ip)) => {
+                embedded_ipv4(ip).is_some_and(|v4| u32::from(v4) & mask32(p) == net)
             }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(ip) & mask128(self.prefix) == u128::from(net)
-            }
+            (Net::V6(net, p), IpAddr::V6(ip)) => u128::from(ip) & mask128(p) == net,
             _ => false,
+        }
+    }
+
+    /// Whether `host` is covered.
+    pub fn contains_host(&self, host: Host) -> bool {
+        match (self.0, host) {
+            (Net::Host(h), host) => h == host,
+            (_, Host::Ip(ip)) => self.contains(ip),
+            _ => false,
+        }
+    }
+
+    /// For the ban list: the family (4 or 6) and prefix of an IP network.
+    fn ip_prefix(&self) -> Option<(u8, u8)> {
+        match self.0 {
+            Net::V4(_, p) => Some((4, p)),
+            Net::V6(_, p) => Some((6, p)),
+            Net::Host(_) => None,
         }
     }
 }
@@ -149,26 +192,41 @@ fn mask128(prefix: u8) -> u128 {
 
 impl From<IpAddr> for Subnet {
     fn from(ip: IpAddr) -> Self {
-        let ip = canonical(ip);
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        Self { addr: ip, prefix }
+        match unmap(ip) {
+            IpAddr::V4(v4) => Self::v4(v4, 32),
+            IpAddr::V6(v6) => Self(Net::V6(u128::from(v6), 128)),
+        }
+    }
+}
+
+impl From<Host> for Subnet {
+    fn from(host: Host) -> Self {
+        match host {
+            Host::Ip(ip) => ip.into(),
+            other => Self(Net::Host(other)),
+        }
     }
 }
 
 impl fmt::Display for Subnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        match self.0 {
+            Net::V4(a, p) => write!(f, "{}/{p}", Ipv4Addr::from(a)),
+            Net::V6(a, p) => write!(f, "{}/{p}", Ipv6Addr::from(a)),
+            Net::Host(h) => write!(f, "{h}"),
+        }
     }
 }
 
 impl FromStr for Subnet {
     type Err = InvalidSubnet;
 
-    /// `a.b.c.d`, `a.b.c.d/n`, or the same for IPv6.
+    /// `a.b.c.d`, `a.b.c.d/n`, the same for IPv6, or a host without an IP
+    /// (`<key>.onion`, `<hash>.b32.i2p`, `cjdns:<ipv6>`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || InvalidSubnet(format!("not an address or subnet: {s:?}"));
         match s.split_once('/') {
-            None => Ok(Self::from(s.parse::<IpAddr>().map_err(|_| bad())?)),
+            None => Ok(Self::from(s.parse::<Host>().map_err(|_| bad())?)),
             Some((addr, prefix)) => {
                 let addr = addr.parse::<IpAddr>().map_err(|_| bad())?;
                 Self::new(addr, prefix.parse().map_err(|_| bad())?)
@@ -203,6 +261,221 @@ pub struct Ban {
     pub until: SystemTime,
     /// Why.
     pub reason: String,
+}
+
+/// A ban "for ever": far enough, and within what `Instant` and
+/// `SystemTime` hold.
+pub(crate) const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `wall + left`, saturating far in the future instead of overflowing.
+pub(crate) fn wall_after(wall: SystemTime, left: Duration) -> SystemTime {
+    wall.checked_add(left)
+        .or_else(|| wall.checked_add(FAR))
+        .unwrap_or(wall)
+}
+
+#[derive(Debug)]
+struct Banned {
+    until: Instant,
+    reason: String,
+}
+
+/// The manual bans, indexed by prefix length: a look-up costs one hash
+/// probe per prefix length in use (at most 33 + 129), whatever the number
+/// of bans. Bounded: a ban past the limit is refused once the expired ones
+/// are gone.
+#[derive(Debug)]
+pub(crate) struct BanList {
+    bans: HashMap<Subnet, Banned>,
+    /// How many bans of each IPv4 and IPv6 prefix length there are.
+    v4: [u32; 33],
+    v6: [u32; 129],
+    hosts: usize,
+    max: usize,
+}
+
+impl BanList {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            bans: HashMap::new(),
+            v4: [0; 33],
+            v6: [0; 129],
+            hosts: 0,
+            max,
+        }
+    }
+
+    fn count(&mut self, subnet: Subnet, up: bool) {
+        let n = match subnet.ip_prefix() {
+            Some((4, p)) => &mut self.v4[usize::from(p)],
+            Some((_, p)) => &mut self.v6[usize::from(p)],
+            None => {
+                self.hosts = if up {
+                    self.hosts + 1
+                } else {
+                    self.hosts.saturating_sub(1)
+                };
+                return;
+            }
+        };
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    /// The ban in force that covers `host`, if any.
+    pub(crate) fn find(&self, host: Host, now: Instant) -> Option<Subnet> {
+        let live = |s: Subnet| {
+            self.bans
+                .get(&s)
+                .is_some_and(|b| b.until > now)
+                .then_some(s)
+        };
+        match host {
+            Host::Ip(ip) => match unmap(ip) {
+                IpAddr::V4(v4) => self.find_v4(v4, &live),
+                IpAddr::V6(v6) => (0..=128u8)
+                    .rev()
+                    .filter(|&p| self.v6[usize::from(p)] > 0)
+                    .find_map(|p| live(Subnet(Net::V6(u128::from(v6) & mask128(p), p))))
+                    .or_else(|| embedded_ipv4(v6).and_then(|v4| self.find_v4(v4, &live))),
+            },
+            other if self.hosts > 0 => live(Subnet(Net::Host(other))),
+            _ => None,
+        }
+    }
+
+    fn find_v4(&self, v4: Ipv4Addr, live: &impl Fn(Subnet) -> Option<Subnet>) -> Option<Subnet> {
+        (0..=32u8)
+            .rev()
+            .filter(|&p| self.v4[usize::from(p)] > 0)
+            .find_map(|p| live(Subnet::v4(v4, p)))
+    }
+
+    /// Bans `subnet` for `duration`, replacing an earlier ban of it.
+    pub(crate) fn insert(
+        &mut self,
+        subnet: Subnet,
+        duration: Duration,
+        reason: String,
+        now: Instant,
+    ) -> Result<(), usize> {
+        if !self.bans.contains_key(&subnet) && self.bans.len() >= self.max {
+            self.purge(now);
+            if self.bans.len() >= self.max {
+                return Err(self.max);
+            }
+        }
+        let until = now.checked_add(duration).unwrap_or(now + FAR);
+        if self.bans.insert(subnet, Banned { until, reason }).is_none() {
+            self.count(subnet, true);
+        }
+        Ok(())
+    }
+
+    /// Forgets the expired bans.
+    fn purge(&mut self, now: Instant) {
+        let expired: Vec<Subnet> = self
+            .bans
+            .iter()
+            .filter(|(_, b)| b.until <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in expired {
+            self.remove(s);
+        }
+    }
+
+    /// Lifts the ban of exactly `subnet`; whether there was one.
+    pub(crate) fn remove(&mut self, subnet: Subnet) -> bool {
+        let found = self.bans.remove(&subnet).is_some();
+        if found {
+            self.count(subnet, false);
+        }
+        found
+    }
+
+    /// The bans in force, with wall-clock ends.
+    pub(crate) fn export(&self, now: Instant) -> Vec<Ban> {
+        let wall = SystemTime::now();
+        let mut bans: Vec<Ban> = self
+            .bans
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(subnet, b)| Ban {
+                subnet: *subnet,
+                until: wall_after(wall, b.until - now),
+                reason: b.reason.clone(),
+            })
+            .collect();
+        bans.sort_by_key(|b| b.subnet);
+        bans
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.bans.len()
+    }
+}
+
+/// Hosts discouraged for misbehaving (Core's `Discourage`): bounded, exact
+/// and O(1). Each is kept as a 64-bit digest keyed by a secret of this
+/// manager, with its end; when full, the oldest goes first. Core keeps a
+/// rolling bloom filter of 50 000 entries instead, which wrongly
+/// discourages about one honest address in a million; this keeps about 40
+/// bytes an entry (2 MB when full by default) and is never wrong: two
+/// digests collide with odds of about 2^-34 when full, and the key is
+/// secret, so a collision cannot be aimed.
+#[derive(Debug)]
+pub(crate) struct Discouraged {
+    keys: RandomState,
+    ends: HashMap<u64, Instant>,
+    order: VecDeque<(u64, Instant)>,
+    max: usize,
+}
+
+impl Discouraged {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            keys: RandomState::new(),
+            ends: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn digest(&self, host: &Host) -> u64 {
+        self.keys.hash_one(host)
+    }
+
+    /// Discourages `host` until `until`.
+    pub(crate) fn insert(&mut self, host: Host, until: Instant, now: Instant) {
+        if self.max == 0 {
+            return;
+        }
+        while let Some(&(d, end)) = self.order.front() {
+            if end > now && self.order.len() < self.max {
+                break;
+            }
+            self.order.pop_front();
+            if self.ends.get(&d) == Some(&end) {
+                self.ends.remove(&d);
+            }
+        }
+        let d = self.digest(&host);
+        self.ends.insert(d, until);
+        self.order.push_back((d, until));
+    }
+
+    pub(crate) fn contains(&self, host: Host, now: Instant) -> bool {
+        !self.ends.is_empty()
+            && self
+                .ends
+                .get(&self.digest(&host))
+                .is_some_and(|&end| end > now)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
 }
 
 #[cfg(feature = "serde")]

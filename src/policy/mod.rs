@@ -50,6 +50,7 @@
 //! ```
 
 mod ban;
+pub(crate) mod eviction;
 mod netgroup;
 pub(crate) mod state;
 
@@ -58,10 +59,16 @@ pub use self::{
         Ban, BanScore, DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD, HALF_LIFE, InvalidSubnet,
         Subnet, TRANSIENT_LIFETIME,
     },
-    netgroup::{NetGroup, PeerAddr, canonical, is_routable},
+    netgroup::{Host, InvalidHost, NetGroup, Network, PeerAddr, canonical, is_routable, unmap},
 };
 
-use std::{fmt, time::Duration};
+use std::{fmt, ops::BitOr, time::Duration};
+
+/// Default most manual bans ([`Policy::max_bans`]).
+pub const DEFAULT_MAX_BANS: usize = 100_000;
+/// Default most discouraged hosts ([`Policy::max_discouraged`]), as Core's
+/// rolling filter.
+pub const DEFAULT_MAX_DISCOURAGED: usize = 50_000;
 
 /// The policy's settings. See the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,9 +77,12 @@ pub struct Policy {
     pub(crate) max_inbound_per_ip: usize,
     pub(crate) max_inbound_per_netgroup: Option<usize>,
     pub(crate) evict_when_full: bool,
-    pub(crate) limit_local: bool,
     pub(crate) ban_threshold: u32,
     pub(crate) ban_duration: Duration,
+    pub(crate) max_bans: usize,
+    pub(crate) max_discouraged: usize,
+    pub(crate) routable: Vec<Subnet>,
+    pub(crate) whitelist: Vec<(Subnet, Permissions)>,
 }
 
 impl Default for Policy {
@@ -89,57 +99,114 @@ impl Policy {
             max_inbound_per_ip: 1,
             max_inbound_per_netgroup: None,
             evict_when_full: true,
-            limit_local: false,
             ban_threshold: DEFAULT_BAN_THRESHOLD,
             ban_duration: DEFAULT_BAN_DURATION,
+            max_bans: DEFAULT_MAX_BANS,
+            max_discouraged: DEFAULT_MAX_DISCOURAGED,
+            routable: Vec::new(),
+            whitelist: Vec::new(),
         }
     }
 
     /// The most automatic outbound connections (dials in flight included)
-    /// per netgroup. Default is 1.
+    /// per IPv4 or IPv6 netgroup. Default is 1.
     pub fn max_outbound_per_netgroup(mut self, max: usize) -> Self {
         self.max_outbound_per_netgroup = max;
         self
     }
 
-    /// The most inbound connections from one IP address. Default is 1.
+    /// The most inbound connections from one routable IP address. Default
+    /// is 1.
     pub fn max_inbound_per_ip(mut self, max: usize) -> Self {
         self.max_inbound_per_ip = max;
         self
     }
 
-    /// The most inbound connections from one netgroup; `None` for an eighth
-    /// of `max_inbound` (at least 1), the default.
+    /// The most inbound connections from one IPv4 or IPv6 netgroup; `None`
+    /// for an eighth of `max_inbound` (at least 1), the default.
     pub fn max_inbound_per_netgroup(mut self, max: Option<usize>) -> Self {
         self.max_inbound_per_netgroup = max;
         self
     }
 
-    /// Whether a newcomer may evict an inbound connection when `max_inbound`
-    /// is reached (see the [module docs](self)). Default is `true`.
+    /// Whether a newcomer evicts an inbound connection when `max_inbound` is
+    /// reached (see [eviction](self#eviction)). Default is `true`.
     pub fn evict_when_full(mut self, evict: bool) -> Self {
         self.evict_when_full = evict;
         self
     }
 
-    /// Whether loopback, private and link-local peers follow the netgroup and
-    /// per-IP rules too. Default is `false`: they are exempt.
-    pub fn limit_local(mut self, limit: bool) -> Self {
-        self.limit_local = limit;
+    /// Treats the addresses of `subnet` as routable IPv4 or IPv6 addresses,
+    /// grouped by their /16 or /32: for simulations and tests of a network
+    /// on one machine, whose peers sit on `127.a.b.c`. May be given more
+    /// than once. Default is none: loopback and private addresses are
+    /// [`Network::Local`].
+    pub fn treat_as_routable(mut self, subnet: Subnet) -> Self {
+        self.routable.push(subnet);
         self
     }
 
-    /// The [`BanScore`] at which a misbehaving peer is banned. Default is 100.
+    /// Grants `permissions` to every peer inside `subnet`, in both
+    /// directions (Core's `-whitelist`). May be given more than once.
+    pub fn whitelist(mut self, subnet: Subnet, permissions: Permissions) -> Self {
+        self.whitelist.push((subnet, permissions));
+        self
+    }
+
+    /// The [`BanScore`] at which a misbehaving peer is punished (see
+    /// [misbehaviour](self#misbehaviour)). Default is 100.
     pub fn ban_threshold(mut self, threshold: u32) -> Self {
         self.ban_threshold = threshold;
         self
     }
 
-    /// How long a peer banned for its score stays banned. Default is 24
-    /// hours.
+    /// How long a peer discouraged for its score stays discouraged. Default
+    /// is 24 hours.
     pub fn ban_duration(mut self, duration: Duration) -> Self {
         self.ban_duration = duration;
         self
+    }
+
+    /// The most manual bans at once; past it,
+    /// [`Handle::ban`](crate::manager::Handle::ban) is
+    /// [`Error::BanListFull`](crate::manager::Error::BanListFull). Default
+    /// is [`DEFAULT_MAX_BANS`].
+    pub fn max_bans(mut self, max: usize) -> Self {
+        self.max_bans = max;
+        self
+    }
+
+    /// The most hosts discouraged for misbehaving at once; past it, the
+    /// oldest is forgotten first. Default is [`DEFAULT_MAX_DISCOURAGED`].
+    pub fn max_discouraged(mut self, max: usize) -> Self {
+        self.max_discouraged = max;
+        self
+    }
+}
+
+/// What a peer may do that others may not (Core's `-whitelist` and
+/// `-whitebind` permissions). Combine with `|`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Permissions(u8);
+
+impl Permissions {
+    /// No permission.
+    pub const NONE: Self = Self(0);
+    /// Never banned, discouraged, disconnected for misbehaviour or
+    /// evicted; its score is still kept and reported.
+    pub const NOBAN: Self = Self(1);
+
+    /// Whether every permission of `other` is here.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl BitOr for Permissions {
+    type Output = Self;
+
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
     }
 }
 
@@ -157,6 +224,8 @@ pub enum Refusal {
     IpFull,
     /// `max_inbound` is reached and no connection could be evicted.
     InboundFull,
+    /// The host misbehaved and is discouraged.
+    Discouraged,
 }
 
 impl Refusal {
@@ -168,6 +237,7 @@ impl Refusal {
             Self::NetgroupFull => "netgroup",
             Self::IpFull => "ip",
             Self::InboundFull => "full",
+            Self::Discouraged => "discouraged",
         }
     }
 }

@@ -1,53 +1,69 @@
 //! The policy's bookkeeping, owned by the manager task: who is connected
-//! from and to where, and who is banned. Pure data and functions.
+//! from and to where, who is banned or discouraged. Pure data and
+//! functions.
 
 use std::{
-    collections::HashMap,
-    hash::Hash,
+    collections::{HashMap, hash_map::RandomState},
+    hash::{BuildHasher, Hash},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
 
 use tokio::time::Instant;
 
-use super::{Ban, NetGroup, PeerAddr, Policy, Refusal, Subnet, is_routable};
+use super::{
+    Ban, Host, NetGroup, Network, PeerAddr, Permissions, Policy, Refusal, Subnet,
+    ban::{BanList, Discouraged, FAR},
+    is_routable,
+    netgroup::{ip_network, unmap},
+};
+
+/// Where an inbound peer came in: the network its listener says its peers
+/// come from, if any, and the listener's permissions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) network: Option<Network>,
+    pub(crate) permissions: Permissions,
+}
+
+/// What a peer is to the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) host: Host,
+    pub(crate) network: Network,
+    pub(crate) group: NetGroup,
+    /// Whether it has a host of its own: not the peer of a listener that
+    /// says its peers come from elsewhere (they all share its address).
+    pub(crate) identified: bool,
+}
 
 /// What an entry counts for in the policy, given back when it ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Place {
-    /// An outbound request: in the address map; its netgroup `counted` if
-    /// it is automatic and not exempt.
+    /// An outbound request: in the duplicate map; its netgroup `counted` if
+    /// it is automatic and its group counts for diversity.
     Outbound { counted: bool },
-    /// An inbound connection from `ip`; its IP and netgroup `counted` if
-    /// not exempt. (The group is derived again when it ends: it keeps the
-    /// entry small.)
-    Inbound { ip: IpAddr, counted: bool },
-}
-
-impl Place {
-    /// The inbound netgroup this entry counts in.
-    pub(crate) fn inbound_group(&self) -> Option<NetGroup> {
-        match *self {
-            Self::Inbound { ip, counted: true } => Some(NetGroup::of(ip)),
-            _ => None,
-        }
-    }
+    /// An inbound connection from `ip`, through a listener of `origin`.
+    /// (Its group is derived again when it ends: it keeps the entry small.)
+    Inbound { ip: IpAddr, origin: Origin },
 }
 
 /// What to do with an inbound peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Admission {
     Admit,
-    /// Admit after evicting the youngest connection of this group.
-    Evict(NetGroup),
+    /// Admit after evicting someone (see `eviction`).
+    Evict,
     Refuse(Refusal),
 }
 
-#[derive(Debug)]
-struct Banned {
-    subnet: Subnet,
-    until: Instant,
-    reason: String,
+/// What makes two outbound requests duplicates: the host for routable and
+/// non-IP peers, the whole address for local and named ones (many local
+/// peers share 127.0.0.1).
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Key<A> {
+    Host(Host),
+    Addr(A),
 }
 
 #[derive(Debug)]
@@ -55,12 +71,16 @@ pub(crate) struct PolicyState<A, Id> {
     policy: Policy,
     max_inbound: Option<usize>,
     inbound_per_group: usize,
-    outbound: HashMap<A, Id>,
+    outbound: HashMap<Key<A>, Id>,
     auto_groups: HashMap<NetGroup, usize>,
     inbound: usize,
+    /// Inbound peers on IPv4 and IPv6, by IP and by group.
     inbound_ips: HashMap<IpAddr, usize>,
     inbound_groups: HashMap<NetGroup, usize>,
-    bans: Vec<Banned>,
+    bans: BanList,
+    discouraged: Discouraged,
+    /// The secret of keyed netgroups (eviction).
+    keys: RandomState,
 }
 
 impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
@@ -69,6 +89,8 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
             .max_inbound_per_netgroup
             .unwrap_or_else(|| max_inbound.map_or(usize::MAX, |m| (m / 8).max(1)));
         Self {
+            bans: BanList::new(policy.max_bans),
+            discouraged: Discouraged::new(policy.max_discouraged),
             policy,
             max_inbound,
             inbound_per_group,
@@ -77,7 +99,7 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
             inbound: 0,
             inbound_ips: HashMap::new(),
             inbound_groups: HashMap::new(),
-            bans: Vec::new(),
+            keys: RandomState::new(),
         }
     }
 
@@ -85,32 +107,110 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
         &self.policy
     }
 
-    /// The group an address counts in, `None` when it is exempt.
-    fn counted(&self, ip: Option<IpAddr>, group: NetGroup) -> Option<NetGroup> {
-        let exempt = !self.policy.limit_local && ip.is_some_and(|ip| !is_routable(ip));
-        (!exempt).then_some(group)
+    // ===== classification =====
+
+    /// The network and group of `host`, with the policy's routable
+    /// subnets.
+    pub(crate) fn classify(&self, host: Host) -> Peer {
+        match host {
+            Host::Ip(ip) => {
+                let ip = unmap(ip);
+                let routable =
+                    is_routable(ip) || self.policy.routable.iter().any(|n| n.contains(ip));
+                Peer {
+                    host: Host::Ip(ip),
+                    network: ip_network(ip, routable),
+                    group: if routable {
+                        NetGroup::routable(ip)
+                    } else {
+                        NetGroup::Local
+                    },
+                    identified: true,
+                }
+            }
+            other => Peer {
+                host: other,
+                network: other.network(),
+                group: other.netgroup(),
+                identified: true,
+            },
+        }
+    }
+
+    /// An inbound peer from `ip` through a listener of `origin`.
+    pub(crate) fn inbound_peer(&self, ip: IpAddr, origin: Origin) -> Peer {
+        match origin.network {
+            Some(network) => Peer {
+                host: Host::ip(ip),
+                network,
+                group: NetGroup::Inbound(network),
+                identified: false,
+            },
+            None => self.classify(Host::ip(ip)),
+        }
+    }
+
+    /// The permissions of `peer`: its listener's, and those of every
+    /// whitelisted subnet it is in.
+    pub(crate) fn permissions(&self, peer: &Peer, listener: Permissions) -> Permissions {
+        self.policy
+            .whitelist
+            .iter()
+            .filter(|(net, _)| peer.identified && net.contains_host(peer.host))
+            .fold(listener, |p, (_, q)| p | *q)
+    }
+
+    /// The group hashed with this manager's secret.
+    pub(crate) fn keyed_group(&self, group: NetGroup) -> u64 {
+        self.keys.hash_one(group)
+    }
+
+    fn key(addr: &A, peer: &Peer) -> Key<A> {
+        match peer.network {
+            Network::Local | Network::Name => Key::Addr(addr.clone()),
+            _ => Key::Host(peer.host),
+        }
     }
 
     // ===== outbound =====
 
-    /// The outbound request to `addr`, if there is one.
+    /// The outbound request that makes `addr` a duplicate, if any.
     pub(crate) fn outbound_to(&self, addr: &A) -> Option<Id> {
-        self.outbound.get(addr).copied()
+        let peer = self.classify(addr.host());
+        self.outbound.get(&Self::key(addr, &peer)).copied()
     }
 
-    /// Whether `addr` may be dialed: not a duplicate, not banned, and for an
-    /// automatic dial not in a full netgroup.
+    /// Whether an inbound peer holds the host of `addr` (routable hosts
+    /// only: local peers share addresses).
+    pub(crate) fn inbound_from(&self, addr: &A) -> Option<IpAddr> {
+        let peer = self.classify(addr.host());
+        self.inbound_holds(&peer)
+    }
+
+    fn inbound_holds(&self, peer: &Peer) -> Option<IpAddr> {
+        let ip = peer.host.as_ip()?;
+        (peer.group.counts_for_diversity() && self.inbound_ips.contains_key(&ip)).then_some(ip)
+    }
+
+    /// Whether `addr` may be dialed: not a duplicate (in either direction),
+    /// not banned, and for an automatic dial not discouraged and not in a
+    /// full netgroup.
     pub(crate) fn may_dial(&self, addr: &A, automatic: bool, now: Instant) -> Result<(), Refusal> {
-        if self.outbound.contains_key(addr) {
+        let peer = self.classify(addr.host());
+        if self.outbound.contains_key(&Self::key(addr, &peer))
+            || self.inbound_holds(&peer).is_some()
+        {
             return Err(Refusal::Duplicate);
         }
-        let ip = addr.ip();
-        if ip.is_some_and(|ip| self.banned(ip, now).is_some()) {
+        if self.bans.find(peer.host, now).is_some() {
             return Err(Refusal::Banned);
         }
         if automatic {
-            if let Some(group) = self.counted(ip, addr.netgroup()) {
-                let n = self.auto_groups.get(&group).copied().unwrap_or(0);
+            if self.discouraged.contains(peer.host, now) {
+                return Err(Refusal::Discouraged);
+            }
+            if peer.group.counts_for_diversity() {
+                let n = self.auto_groups.get(&peer.group).copied().unwrap_or(0);
                 if n >= self.policy.max_outbound_per_netgroup {
                     return Err(Refusal::NetgroupFull);
                 }
@@ -121,156 +221,176 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
 
     /// Counts a new outbound request (checked with [`may_dial`](Self::may_dial)).
     pub(crate) fn add_outbound(&mut self, addr: &A, id: Id, automatic: bool) -> Place {
-        self.outbound.insert(addr.clone(), id);
-        let group = automatic
-            .then(|| self.counted(addr.ip(), addr.netgroup()))
-            .flatten();
-        if let Some(group) = group {
-            *self.auto_groups.entry(group).or_insert(0) += 1;
+        let peer = self.classify(addr.host());
+        self.outbound.insert(Self::key(addr, &peer), id);
+        let counted = automatic && peer.group.counts_for_diversity();
+        if counted {
+            *self.auto_groups.entry(peer.group).or_insert(0) += 1;
         }
-        Place::Outbound {
-            counted: group.is_some(),
+        Place::Outbound { counted }
+    }
+
+    /// An automatic request becomes an explicit one: its group no longer
+    /// counts for diversity.
+    pub(crate) fn upgrade(&mut self, addr: &A, place: Place) -> Place {
+        if place == (Place::Outbound { counted: true }) {
+            let peer = self.classify(addr.host());
+            down(&mut self.auto_groups, peer.group);
+        }
+        match place {
+            Place::Outbound { .. } => Place::Outbound { counted: false },
+            inbound => inbound,
         }
     }
 
     // ===== inbound =====
 
-    /// Whether a peer from `ip` may come in now.
-    pub(crate) fn admission(&self, ip: IpAddr, now: Instant) -> Admission {
-        if self.banned(ip, now).is_some() {
-            return Admission::Refuse(Refusal::Banned);
+    /// Whether a peer from `ip`, through a listener of `origin`, may come
+    /// in now.
+    pub(crate) fn admission(&self, ip: IpAddr, origin: Origin, now: Instant) -> Admission {
+        let peer = self.inbound_peer(ip, origin);
+        let noban = self
+            .permissions(&peer, origin.permissions)
+            .contains(Permissions::NOBAN);
+        if peer.identified && !noban {
+            if self.bans.find(peer.host, now).is_some() {
+                return Admission::Refuse(Refusal::Banned);
+            }
+            if self.discouraged.contains(peer.host, now) {
+                return Admission::Refuse(Refusal::Discouraged);
+            }
         }
-        let group = self.counted(Some(ip), NetGroup::of(ip));
-        if let Some(group) = group {
+        if peer.group.counts_for_diversity() {
+            let ip = unmap(ip);
             if self.inbound_ips.get(&ip).copied().unwrap_or(0) >= self.policy.max_inbound_per_ip {
                 return Admission::Refuse(Refusal::IpFull);
             }
-            if self.inbound_groups.get(&group).copied().unwrap_or(0) >= self.inbound_per_group {
+            if self.inbound_groups.get(&peer.group).copied().unwrap_or(0) >= self.inbound_per_group
+            {
                 return Admission::Refuse(Refusal::NetgroupFull);
             }
         }
         if self.max_inbound.is_none_or(|max| self.inbound < max) {
-            return Admission::Admit;
-        }
-        if !self.policy.evict_when_full {
-            return Admission::Refuse(Refusal::InboundFull);
-        }
-        let mine = group
-            .and_then(|g| self.inbound_groups.get(&g).copied())
-            .unwrap_or(0);
-        // The largest group; among equals, the smallest, so the choice is
-        // stable.
-        let largest = self
-            .inbound_groups
-            .iter()
-            .filter(|&(_, &n)| n > 0)
-            .max_by(|(ga, na), (gb, nb)| na.cmp(nb).then(gb.cmp(ga)));
-        match largest {
-            Some((&g, &n)) if mine < n && mine + 1 < n => Admission::Evict(g),
-            _ => Admission::Refuse(Refusal::InboundFull),
+            Admission::Admit
+        } else if self.policy.evict_when_full {
+            Admission::Evict
+        } else {
+            Admission::Refuse(Refusal::InboundFull)
         }
     }
 
     /// Counts an admitted inbound connection.
-    pub(crate) fn add_inbound(&mut self, ip: IpAddr) -> Place {
+    pub(crate) fn add_inbound(&mut self, ip: IpAddr, origin: Origin) -> Place {
         self.inbound += 1;
-        let group = self.counted(Some(ip), NetGroup::of(ip));
-        if let Some(group) = group {
-            *self.inbound_ips.entry(ip).or_insert(0) += 1;
-            *self.inbound_groups.entry(group).or_insert(0) += 1;
+        let peer = self.inbound_peer(ip, origin);
+        if peer.group.counts_for_diversity() {
+            *self.inbound_ips.entry(unmap(ip)).or_insert(0) += 1;
+            *self.inbound_groups.entry(peer.group).or_insert(0) += 1;
         }
-        Place::Inbound {
-            ip,
-            counted: group.is_some(),
-        }
+        Place::Inbound { ip, origin }
     }
 
     /// Gives back what an entry counted for.
-    pub(crate) fn remove(&mut self, addr: Option<&A>, id: Id, place: Place) {
-        fn down<K: Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
-            if let Some(n) = map.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&key);
-                }
-            }
-        }
+    pub(crate) fn remove(&mut self, addr: &A, id: Id, place: Place) {
         match place {
             Place::Outbound { counted } => {
-                if let Some(addr) = addr {
-                    if self.outbound.get(addr) == Some(&id) {
-                        self.outbound.remove(addr);
-                    }
-                    if counted {
-                        down(&mut self.auto_groups, addr.netgroup());
-                    }
+                let peer = self.classify(addr.host());
+                let key = Self::key(addr, &peer);
+                if self.outbound.get(&key) == Some(&id) {
+                    self.outbound.remove(&key);
+                }
+                if counted {
+                    down(&mut self.auto_groups, peer.group);
                 }
             }
-            Place::Inbound { ip, counted } => {
+            Place::Inbound { ip, origin } => {
                 self.inbound = self.inbound.saturating_sub(1);
-                if counted {
-                    down(&mut self.inbound_ips, ip);
-                    down(&mut self.inbound_groups, NetGroup::of(ip));
+                let peer = self.inbound_peer(ip, origin);
+                if peer.group.counts_for_diversity() {
+                    down(&mut self.inbound_ips, unmap(ip));
+                    down(&mut self.inbound_groups, peer.group);
                 }
             }
         }
     }
 
-    // ===== bans =====
+    // ===== bans and discouragement =====
 
-    /// The ban covering `ip`, if one is in force.
-    pub(crate) fn banned(&self, ip: IpAddr, now: Instant) -> Option<Subnet> {
-        self.bans
-            .iter()
-            .find(|b| b.until > now && b.subnet.contains(ip))
-            .map(|b| b.subnet)
+    /// The ban covering `host`, if one is in force.
+    pub(crate) fn banned(&self, host: Host, now: Instant) -> Option<Subnet> {
+        self.bans.find(host, now)
     }
 
     /// Bans `subnet` for `duration` (replacing an earlier ban of it).
-    pub(crate) fn ban(&mut self, subnet: Subnet, duration: Duration, reason: String, now: Instant) {
-        self.bans.retain(|b| b.until > now && b.subnet != subnet);
-        let until = now.checked_add(duration).unwrap_or(now + FAR);
-        self.bans.push(Banned {
-            subnet,
-            until,
-            reason,
-        });
+    ///
+    /// Returns the limit when the list is full.
+    pub(crate) fn ban(
+        &mut self,
+        subnet: Subnet,
+        duration: Duration,
+        reason: String,
+        now: Instant,
+    ) -> Result<(), usize> {
+        self.bans.insert(subnet, duration, reason, now)
     }
 
     /// Lifts the ban of exactly `subnet`; whether there was one.
     pub(crate) fn unban(&mut self, subnet: Subnet) -> bool {
-        let before = self.bans.len();
-        self.bans.retain(|b| b.subnet != subnet);
-        self.bans.len() != before
+        self.bans.remove(subnet)
     }
 
     /// The bans in force, with wall-clock expiry times.
     pub(crate) fn bans(&self, now: Instant) -> Vec<Ban> {
-        let wall = SystemTime::now();
-        self.bans
-            .iter()
-            .filter(|b| b.until > now)
-            .map(|b| Ban {
-                subnet: b.subnet,
-                until: wall.checked_add(b.until - now).unwrap_or(wall),
-                reason: b.reason.clone(),
-            })
-            .collect()
+        self.bans.export(now)
     }
 
-    /// Restores exported bans; expired ones are dropped.
+    /// How many bans are kept.
+    #[cfg(test)]
+    pub(crate) fn ban_count(&self) -> usize {
+        self.bans.len()
+    }
+
+    /// Restores exported bans; expired ones are dropped, and so are those
+    /// past the limit (logged).
     pub(crate) fn restore(&mut self, bans: Vec<Ban>, now: Instant) {
         let wall = SystemTime::now();
         for ban in bans {
             if let Ok(left) = ban.until.duration_since(wall) {
-                self.ban(ban.subnet, left, ban.reason, now);
+                if self.ban(ban.subnet, left, ban.reason, now).is_err() {
+                    tracing::warn!(subnet = %ban.subnet, "ban list full: ban not restored");
+                }
             }
         }
     }
+
+    /// Discourages `host` for the policy's ban duration.
+    pub(crate) fn discourage(&mut self, host: Host, now: Instant) {
+        let until = now
+            .checked_add(self.policy.ban_duration)
+            .unwrap_or(now + FAR);
+        self.discouraged.insert(host, until, now);
+    }
+
+    /// Whether `host` is discouraged.
+    #[cfg(test)]
+    pub(crate) fn is_discouraged(&self, host: Host, now: Instant) -> bool {
+        self.discouraged.contains(host, now)
+    }
+
+    /// How many hosts are discouraged (some may have expired).
+    pub(crate) fn discouraged_count(&self) -> usize {
+        self.discouraged.len()
+    }
 }
 
-/// A ban "for ever": far enough, and within what `Instant` holds.
-const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+fn down<K: Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -287,8 +407,14 @@ mod tests {
         s.parse().expect("ip")
     }
 
-    /// Duplicates name the existing request; automatic dials are limited
-    /// per netgroup; local addresses are exempt unless limited.
+    const PLAIN: Origin = Origin {
+        network: None,
+        permissions: Permissions::NONE,
+    };
+
+    /// Duplicates name the existing request and count by IP for routable
+    /// hosts; automatic dials are limited per IPv4/IPv6 netgroup; local
+    /// peers are keyed by their whole address and not limited by group.
     #[test]
     fn outbound_rules() {
         let now = Instant::now();
@@ -297,6 +423,11 @@ mod tests {
         assert_eq!(s.may_dial(&a, true, now), Ok(()));
         let place = s.add_outbound(&a, 1, true);
         assert_eq!(s.may_dial(&a, false, now), Err(Refusal::Duplicate));
+        assert_eq!(
+            s.may_dial(&sa("[::ffff:8.8.4.4]:9999"), false, now),
+            Err(Refusal::Duplicate),
+            "same IP, mapped, other port"
+        );
         assert_eq!(s.outbound_to(&a), Some(1));
         let same_group = sa("8.8.9.9:8333");
         assert_eq!(
@@ -308,48 +439,59 @@ mod tests {
             Ok(()),
             "explicit: no group limit"
         );
-        s.remove(Some(&a), 1, place);
+        s.remove(&a, 1, place);
         assert_eq!(s.may_dial(&same_group, true, now), Ok(()));
 
         let local = sa("127.0.0.1:1");
         s.add_outbound(&local, 2, true);
-        assert_eq!(s.may_dial(&sa("127.0.0.1:2"), true, now), Ok(()), "exempt");
-        let mut strict = State::new(Policy::new().limit_local(true), Some(117));
-        strict.add_outbound(&local, 2, true);
+        assert_eq!(s.may_dial(&local, true, now), Err(Refusal::Duplicate));
         assert_eq!(
-            strict.may_dial(&sa("127.0.0.1:2"), true, now),
+            s.may_dial(&sa("127.0.0.1:2"), true, now),
+            Ok(()),
+            "local: the port counts"
+        );
+        let mut routable = State::new(
+            Policy::new().treat_as_routable("127.0.0.0/8".parse().expect("net")),
+            None,
+        );
+        routable.add_outbound(&local, 2, true);
+        assert_eq!(
+            routable.may_dial(&sa("127.0.0.1:2"), true, now),
+            Err(Refusal::Duplicate)
+        );
+        assert_eq!(
+            routable.may_dial(&sa("127.0.9.9:2"), true, now),
             Err(Refusal::NetgroupFull)
         );
     }
 
-    /// Per-IP and per-group limits, and eviction from the largest group
-    /// when full.
+    /// Per-IP and per-group limits for routable peers; none for local ones,
+    /// which are still counted against `max_inbound`.
     #[test]
     fn inbound_rules() {
         let now = Instant::now();
         let policy = Policy::new().max_inbound_per_netgroup(Some(3));
-        let mut s = State::new(policy, Some(4));
-        assert_eq!(s.admission(ip("198.51.1.1"), now), Admission::Admit);
-        s.add_inbound(ip("198.51.1.1"));
+        let mut s = State::new(policy, Some(5));
+        assert_eq!(s.admission(ip("198.51.1.1"), PLAIN, now), Admission::Admit);
+        s.add_inbound(ip("198.51.1.1"), PLAIN);
         assert_eq!(
-            s.admission(ip("198.51.1.1"), now),
+            s.admission(ip("198.51.1.1"), PLAIN, now),
             Admission::Refuse(Refusal::IpFull)
         );
-        s.add_inbound(ip("198.51.1.2"));
-        s.add_inbound(ip("198.51.1.3"));
+        s.add_inbound(ip("198.51.1.2"), PLAIN);
+        s.add_inbound(ip("198.51.1.3"), PLAIN);
         assert_eq!(
-            s.admission(ip("198.51.1.4"), now),
+            s.admission(ip("198.51.1.4"), PLAIN, now),
             Admission::Refuse(Refusal::NetgroupFull)
         );
-        s.add_inbound(ip("192.0.0.9"));
-        // Full: a newcomer from a new group evicts from the largest.
-        assert_eq!(
-            s.admission(ip("8.8.8.8"), now),
-            Admission::Evict(NetGroup::Ipv4([198, 51]))
-        );
+        assert_eq!(s.admission(ip("127.0.0.1"), PLAIN, now), Admission::Admit);
+        s.add_inbound(ip("127.0.0.1"), PLAIN);
+        s.add_inbound(ip("127.0.0.1"), PLAIN);
+        // Full: a newcomer makes someone go.
+        assert_eq!(s.admission(ip("8.8.8.8"), PLAIN, now), Admission::Evict);
         let s2 = State::new(Policy::new().evict_when_full(false), Some(0));
         assert_eq!(
-            s2.admission(ip("8.8.8.8"), now),
+            s2.admission(ip("8.8.8.8"), PLAIN, now),
             Admission::Refuse(Refusal::InboundFull)
         );
     }
@@ -365,19 +507,57 @@ mod tests {
             Duration::from_secs(60),
             "spam".into(),
             now,
-        );
-        assert!(s.banned(ip("203.0.113.9"), now).is_some());
-        assert!(s.banned(ip("203.0.114.9"), now).is_none());
+        )
+        .expect("room");
+        let host = |s: &str| Host::ip(ip(s));
+        assert!(s.banned(host("203.0.113.9"), now).is_some());
+        assert!(s.banned(host("203.0.114.9"), now).is_none());
         assert!(
-            s.banned(ip("203.0.113.9"), now + Duration::from_secs(61))
+            s.banned(host("203.0.113.9"), now + Duration::from_secs(61))
                 .is_none()
         );
         let exported = s.bans(now);
         assert_eq!(exported.len(), 1);
         let mut t = State::new(Policy::new(), None);
         t.restore(exported, now);
-        assert!(t.banned(ip("203.0.113.9"), now).is_some());
+        assert!(t.banned(host("203.0.113.9"), now).is_some());
         assert!(t.unban("203.0.113.0/24".parse().expect("net")));
-        assert!(t.banned(ip("203.0.113.9"), now).is_none());
+        assert!(t.banned(host("203.0.113.9"), now).is_none());
     }
+
+    /// The ban list is bounded; expired bans make room.
+    #[test]
+    fn ban_list_bounded() {
+        let now = Instant::now();
+        let mut s = State::new(Policy::new().max_bans(2), None);
+        let net = |i: u8| Subnet::from(IpAddr::from([8, 8, 8, i]));
+        let short = Duration::from_secs(1);
+        s.ban(net(1), short, String::new(), now).expect("1");
+        s.ban(net(2), Duration::from_secs(60), String::new(), now)
+            .expect("2");
+        assert_eq!(s.ban(net(3), short, String::new(), now), Err(2));
+        s.ban(net(2), short, "again".into(), now)
+            .expect("replacing is not adding");
+        let later = now + Duration::from_secs(2);
+        s.ban(net(3), short, String::new(), later)
+            .expect("expired ones make room");
+        assert_eq!(s.ban_count(), 1);
+    }
+
+    /// Discouragement is bounded: the oldest goes first.
+    #[test]
+    fn discouragement_bounded() {
+        let now = Instant::now();
+        let mut s = State::new(Policy::new().max_discouraged(3), None);
+        let host = |i: u8| Host::ip(IpAddr::from([8, 8, 8, i]));
+        for i in 0..10 {
+            s.discourage(host(i), now);
+        }
+        assert!(s.discouraged_count() <= 3);
+        assert!(s.is_discouraged(host(9), now));
+        assert!(!s.is_discouraged(host(0), now));
+        assert!(!s.is_discouraged(host(9), now + DEFAULT_DAY + Duration::from_secs(1)));
+    }
+
+    const DEFAULT_DAY: Duration = super::super::DEFAULT_BAN_DURATION;
 }

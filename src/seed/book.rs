@@ -12,10 +12,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::DnsSeeder;
-use crate::{
-    manager::AddressSource,
-    policy::{NetGroup, PeerAddr},
-};
+use crate::{manager::AddressSource, policy::NetGroup};
 
 /// The default most addresses a book keeps.
 pub const DEFAULT_CAPACITY: usize = 20_000;
@@ -180,13 +177,16 @@ impl AddressBook {
             e.failures = 0;
             e.retry_at = None;
         }
-        *book.connected.entry(addr.netgroup()).or_insert(0) += 1;
+        *book
+            .connected
+            .entry(NetGroup::routable(addr.ip()))
+            .or_insert(0) += 1;
     }
 
     /// A connection to `addr` ended: its netgroup is free again.
     pub fn disconnected(&self, addr: &SocketAddr) {
         let mut book = self.lock();
-        let group = addr.netgroup();
+        let group = NetGroup::routable(addr.ip());
         if let Some(n) = book.connected.get_mut(&group) {
             *n -= 1;
             if *n == 0 {
@@ -232,7 +232,7 @@ impl Book {
             self.stats.full += 1;
             return false;
         }
-        let group = addr.netgroup();
+        let group = NetGroup::routable(addr.ip());
         self.entries.insert(
             addr,
             Entry {

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
-use tower::{BoxError, ServiceExt};
+use tower::{BoxError, Service, ServiceExt};
 use tracing::Instrument;
 
 use super::{Actor, LONGEST_DELAY, Slot, TOMBSTONES};
+use crate::limit::OutboundLimit;
 use crate::manager::{
     Address, ConnId, ConnInfo, ConnKind, ConnState, Connection, DialFailure, DialService,
     Direction, DisconnectReason, Disconnected, Error,
@@ -14,7 +15,6 @@ use crate::manager::{
     counters::Shared,
     dial,
     events::Event,
-    fill::AutoFuture,
     message::{AutoDial, Dialed, Dropped, Io},
 };
 use crate::policy::state::Place;
@@ -45,30 +45,82 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             since: None,
             control: None,
             place,
-            score: None,
+            extra: None,
             span,
         })
     }
 
     /// An explicit request, if the policy allows it.
+    ///
+    /// A permanent request for an address that an automatic or one-shot
+    /// request holds makes that request permanent; one for a host that an
+    /// inbound peer holds waits, and dials once the host is free.
     pub(super) fn connect(&mut self, addr: A, kind: ConnKind) -> Result<ConnId, Error> {
+        let now = Instant::now();
         if let Some(existing) = self.peers.outbound_to(&addr) {
+            let upgradable = self
+                .slots
+                .get(&existing)
+                .is_some_and(|s| matches!(s.info.kind, ConnKind::Automatic | ConnKind::OneShot));
+            if kind.is_permanent() && upgradable {
+                self.make_permanent(existing);
+                return Ok(existing);
+            }
             tracing::debug!(%addr, %existing, "connection request refused: duplicate");
             return Err(Error::Duplicate(existing));
         }
-        if let Some(ban) = addr
-            .ip()
-            .and_then(|ip| self.peers.banned(ip, Instant::now()))
-        {
+        if let Some(ban) = self.peers.banned(addr.host(), now) {
             tracing::debug!(%addr, %ban, "connection request refused: banned");
             return Err(Error::Banned(ban));
+        }
+        let inbound = self.peers.inbound_from(&addr);
+        if let (Some(ip), false) = (inbound, kind.is_permanent()) {
+            let holder = self.inbound_holder(ip);
+            tracing::debug!(%addr, %holder, "connection request refused: connected inbound");
+            return Err(Error::Duplicate(holder));
         }
         let id = self.shared.next_id();
         let place = self.peers.add_outbound(&addr, id, false);
         let slot = self.insert(id, addr, kind, place);
         tracing::debug!(parent: &slot.span, %kind, "connection requested");
-        self.start_dial(id);
+        if inbound.is_some() {
+            tracing::debug!(parent: &slot.span, "host connected inbound: dialing when it is free");
+            self.schedule_retry(id, ConnState::Pending);
+        } else {
+            self.start_dial(id);
+        }
         Ok(id)
+    }
+
+    /// The inbound entry from `ip`.
+    fn inbound_holder(&self, ip: std::net::IpAddr) -> ConnId {
+        self.slots
+            .values()
+            .find(|s| {
+                matches!(s.place, Place::Inbound { ip: from, .. }
+                    if crate::policy::unmap(from) == ip)
+            })
+            .map_or(ConnId(0), |s| s.info.id)
+    }
+
+    /// Makes an automatic or one-shot request permanent: it no longer
+    /// counts against the target or for diversity (its outbound permit is
+    /// released, and the fill task dials a replacement), and it is retried
+    /// and reconnected from now on.
+    fn make_permanent(&mut self, id: ConnId) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let old = slot.info.kind;
+        self.shared.state_changed(old, Some(slot.state), None);
+        slot.info.kind = ConnKind::Permanent;
+        self.shared
+            .state_changed(ConnKind::Permanent, None, Some(slot.state));
+        slot.place = self.peers.upgrade(&slot.info.addr, slot.place);
+        if let Some(control) = &slot.control {
+            control.release();
+        }
+        tracing::debug!(parent: &slot.span, from = %old, "request made permanent");
     }
 
     /// Dials an explicit request: its first attempt, or a retry.
@@ -84,28 +136,32 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         self.spawn_dial(id, fut, |io| (io, None), false);
     }
 
-    pub(super) fn on_auto_dial(&mut self, dial: AutoDial<A, AutoFuture<A, D>>) {
-        if let Err(why) = self.peers.may_dial(&dial.addr, true, Instant::now()) {
-            // Not a dial and not a failure; dropping the future frees the
-            // permit for the next candidate.
-            tracing::debug!(addr = %dial.addr, %why, "automatic candidate skipped");
+    pub(super) fn on_auto_dial(&mut self, dial: AutoDial<A, OutboundLimit<D>>) {
+        let AutoDial { addr, started, svc } = dial;
+        if let Err(why) = self.peers.may_dial(&addr, true, Instant::now()) {
+            // Not a dial and not a failure, and the stack never sees it:
+            // dropping the ready stack frees its permit for the next one.
+            tracing::debug!(%addr, %why, "automatic candidate skipped");
             self.shared.skipped(why);
             return;
         }
         self.shared.candidate_taken();
         let id = self.shared.next_id();
-        let place = self.peers.add_outbound(&dial.addr, id, true);
-        let slot = self.insert(id, dial.addr, ConnKind::Automatic, place);
+        let place = self.peers.add_outbound(&addr, id, true);
+        let slot = self.insert(id, addr.clone(), ConnKind::Automatic, place);
         slot.attempts = 1;
-        slot.started = dial.started;
+        slot.started = started;
         tracing::debug!(parent: &slot.span, "dialing automatic peer");
-        match dial.fut {
-            Ok(fut) => self.spawn_dial(id, fut, crate::limit::Permitted::into_parts, true),
-            Err(panicked) => {
-                self.shared.dial_started();
-                self.dial_failed(id, panicked.into());
+        // The stack's `call` runs on the dial task, where a panic in it is
+        // one failed attempt.
+        let (mut svc, shared) = (svc, self.shared.clone());
+        let fut = async move {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(addr))) {
+                Ok(fut) => fut.await.map_err(Into::into),
+                Err(_) => Err(BoxError::from(shared.panicked("dial stack call"))),
             }
-        }
+        };
+        self.spawn_dial(id, fut, crate::limit::Permitted::into_parts, true);
     }
 
     /// Runs the current attempt of request `id` on a dial task of its own;
@@ -155,6 +211,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
+        // A request made permanent while it dialed holds no target slot.
+        let permit = permit.filter(|_| slot.info.kind == ConnKind::Automatic);
         set_state(&self.shared, slot, ConnState::Established);
         slot.since = Some(Instant::now());
         let control = Control::new(permit);
@@ -273,29 +331,38 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         }
         let delay = self.backoff.delay(slot.retries).min(LONGEST_DELAY);
         slot.retries = slot.retries.saturating_add(1);
-        let at = now + delay;
-        let key = self.retries.insert_at(id, at);
-        slot.next_attempt = Some((at, key));
+        let at = now.checked_add(delay).unwrap_or(now);
+        if let Some(old) = slot.next_attempt.replace(at) {
+            self.retries.remove(old, id);
+        }
+        self.retries.insert(at, id);
         set_state(&self.shared, slot, state);
         at
     }
 
     pub(super) fn on_retry_due(&mut self, id: ConnId) {
-        if let Some(slot) = self.slots.get_mut(&id) {
-            // The key has expired: it must not be removed again.
-            slot.next_attempt = None;
-            self.start_dial(id);
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        // The timer has fired: it must not be removed again.
+        slot.next_attempt = None;
+        if self.peers.inbound_from(&slot.info.addr).is_some() {
+            // The host is still connected inbound: wait again.
+            let state = slot.state;
+            self.schedule_retry(id, state);
+            return;
         }
+        self.start_dial(id);
     }
 
     /// Takes a request out of the map, with its timer, remembering how it
     /// ended.
     pub(super) fn end(&mut self, id: ConnId, state: ConnState) {
         if let Some(slot) = self.slots.remove(&id) {
-            if let Some((_, key)) = slot.next_attempt {
-                self.retries.remove(&key);
+            if let Some(at) = slot.next_attempt {
+                self.retries.remove(at, id);
             }
-            self.peers.remove(Some(&slot.info.addr), id, slot.place);
+            self.peers.remove(&slot.info.addr, id, slot.place);
             self.shared
                 .state_changed(slot.info.kind, Some(slot.state), None);
         }

@@ -19,10 +19,7 @@ use tokio::{
     task::{AbortHandle, JoinHandle, JoinSet},
     time::Instant,
 };
-use tokio_util::{
-    task::TaskTracker,
-    time::{DelayQueue, delay_queue},
-};
+use tokio_util::task::TaskTracker;
 use tower::Service;
 use tracing::Span;
 
@@ -33,18 +30,20 @@ use super::{
     connection::Control,
     counters::Shared,
     events::{self, Outbox},
-    fill::{AutoFuture, Fill, Relay},
+    fill::{Fill, Relay},
     message::{Accepted, AutoDial, Command, Dialed, Dropped},
     traits::Observer,
 };
 use crate::{
     backoff::Backoff,
+    limit::OutboundLimit,
     policy::{BanScore, state::Place, state::PolicyState},
 };
 
 mod lifecycle;
 mod policy;
 mod stop;
+mod timers;
 
 /// How many ended requests `state` still knows about.
 const TOMBSTONES: usize = 1024;
@@ -55,9 +54,8 @@ pub(crate) const BATCH: usize = 64;
 /// Accepted sockets waiting for the manager, over all listeners.
 const ACCEPT_QUEUE: usize = 16;
 
-/// The longest retry delay the manager schedules: the timer wheel's range
-/// is about two years.
-const LONGEST_DELAY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// The longest retry delay the manager schedules.
+const LONGEST_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// One request of the state map.
 struct Slot<A> {
@@ -69,14 +67,24 @@ struct Slot<A> {
     /// When the dial in flight started.
     started: Instant,
     dial: Option<AbortHandle>,
-    next_attempt: Option<(Instant, delay_queue::Key)>,
+    next_attempt: Option<Instant>,
     since: Option<Instant>,
     control: Option<Arc<Control>>,
     /// What it counts for in the policy.
     place: Place,
-    /// Only misbehaving peers have one.
-    score: Option<Box<BanScore>>,
+    /// Only peers that misbehaved or were reported on have one.
+    extra: Option<Box<Extra>>,
     span: Span,
+}
+
+/// What few entries need: a ban score, and what the application reported
+/// for eviction.
+#[derive(Default)]
+struct Extra {
+    score: BanScore,
+    min_ping: Option<Duration>,
+    last_block: Option<Instant>,
+    last_tx: Option<Instant>,
 }
 
 /// Which events someone listens to.
@@ -97,11 +105,11 @@ pub(crate) struct Actor<A, D: Service<A>> {
     shared: Arc<Shared>,
     slots: BTreeMap<ConnId, Slot<A>>,
     peers: PolicyState<A, ConnId>,
-    retries: DelayQueue<ConnId>,
+    retries: timers::Timers,
     ended: VecDeque<(ConnId, ConnState)>,
     commands: mpsc::Receiver<Command<A>>,
     /// From the fill task; `None` without one.
-    auto: Option<mpsc::Receiver<AutoDial<A, AutoFuture<A, D>>>>,
+    auto: Option<mpsc::Receiver<AutoDial<A, OutboundLimit<D>>>>,
     /// From the accept loops; `None` without listeners.
     accepted: Option<mpsc::Receiver<Accepted>>,
     inbound_addr: Option<fn(std::net::SocketAddr) -> A>,
@@ -190,8 +198,11 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
     if !config.listeners.is_empty() {
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         accepted = Some(rx);
-        for listener in config.listeners {
-            tasks.spawn_on(accept::run(listener, shared.clone(), tx.clone()), rt);
+        for (listener, origin) in config.listeners {
+            tasks.spawn_on(
+                accept::run(listener, origin, shared.clone(), tx.clone()),
+                rt,
+            );
         }
     }
     let mut peers = PolicyState::new(config.policy, config.max_inbound);
@@ -207,7 +218,7 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         shared: shared.clone(),
         slots: BTreeMap::new(),
         peers,
-        retries: DelayQueue::new(),
+        retries: timers::Timers::new(),
         ended: VecDeque::with_capacity(TOMBSTONES),
         commands,
         auto,
@@ -256,10 +267,10 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 _ = self.results.recv_many(&mut results, BATCH) => {
                     results.drain(..).for_each(|r| self.on_dialed(r));
                 }
-                Some(expired) = poll_fn(|cx| self.retries.poll_expired(cx)),
+                id = poll_fn(|cx| self.retries.poll_expired(cx)),
                     if !self.retries.is_empty() =>
                 {
-                    self.on_retry_due(expired.into_inner());
+                    self.on_retry_due(id);
                 }
                 () = self.outbox.room(), if behind => self.outbox.flush(),
                 // No new automatic dial while the callbacks are behind.
@@ -323,13 +334,18 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             }
             Command::Snapshot { reply } => {
                 let now = Instant::now();
-                let entries = self.slots.values().map(|s| s.entry(now)).collect();
+                let entries = self
+                    .slots
+                    .values()
+                    .map(|s| s.entry(&self.peers, now))
+                    .collect();
                 let counters = self.shared.counters();
                 let bans = self.peers.bans(now);
                 let _ = reply.send(Snapshot {
                     entries,
                     counters,
                     bans,
+                    discouraged: self.peers.discouraged_count(),
                 });
             }
             Command::Ban {
@@ -338,8 +354,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 reason,
                 reply,
             } => {
-                self.ban(subnet, duration, reason);
-                let _ = reply.send(());
+                let _ = reply.send(self.ban(subnet, duration, reason));
             }
             Command::Unban { subnet, reply } => {
                 let _ = reply.send(self.peers.unban(subnet));
@@ -355,21 +370,27 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             } => {
                 let _ = reply.send(self.misbehaving(id, points, reason));
             }
+            Command::Report { id, report, reply } => {
+                let _ = reply.send(self.report(id, report));
+            }
             // `run` handles Stop itself.
             Command::Stop { .. } => {}
         }
     }
 }
 
-impl<A: Clone> Slot<A> {
-    fn entry(&self, now: Instant) -> Entry<A> {
+impl<A: Address> Slot<A> {
+    fn entry(&self, peers: &PolicyState<A, ConnId>, now: Instant) -> Entry<A> {
+        let (peer, permissions) = self.peer(peers);
         Entry {
             info: self.info.clone(),
             state: self.state,
             attempts: self.attempts,
-            next_attempt: self.next_attempt.map(|(at, _)| at),
+            next_attempt: self.next_attempt,
             connected_since: self.since,
-            ban_score: self.score.as_ref().map_or(0, |s| s.score(now)),
+            ban_score: self.extra.as_ref().map_or(0, |e| e.score.score(now)),
+            network: peer.network,
+            permissions,
         }
     }
 }

@@ -1,51 +1,59 @@
 //! The manager's side of the peer policy: admitting inbound peers, evicting,
-//! banning, scoring. The rules themselves are in
-//! [`crate::policy::state`].
+//! banning, scoring. The rules themselves are in [`crate::policy`].
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Actor, lifecycle::set_state};
+use super::{Actor, Extra, lifecycle::set_state};
 use crate::{
     manager::{
         Address, ConnId, ConnKind, ConnState, Connection, DialService, DisconnectReason, Error,
-        Points, connection::Control, events::Event, message::Accepted,
+        Points, Report, connection::Control, events::Event, message::Accepted,
     },
     policy::{
-        NetGroup, PeerAddr, Subnet, canonical,
-        state::{Admission, Place},
+        Network, Permissions, Subnet,
+        eviction::{self, Candidate},
+        state::{Admission, Peer, Place, PolicyState},
     },
 };
 
 impl<A: Address, D: DialService<A>> Actor<A, D> {
     /// An accept loop took a socket: admit it (an entry, then `on_accept`),
     /// evict someone for it, or close it.
-    pub(super) fn on_accepted(&mut self, Accepted { stream, peer }: Accepted) {
+    pub(super) fn on_accepted(
+        &mut self,
+        Accepted {
+            stream,
+            peer,
+            origin,
+        }: Accepted,
+    ) {
         // Set with every listener.
         let Some(to_addr) = self.inbound_addr else {
             return;
         };
         let now = Instant::now();
-        let ip = canonical(peer.ip());
-        match self.peers.admission(ip, now) {
-            Admission::Refuse(why) => {
-                // Dropping the stream closes it, before `on_accept`.
-                self.shared.inbound_rejected(why);
-                tracing::debug!(%peer, reason = %why, "inbound connection refused");
-                return;
-            }
-            Admission::Evict(group) => {
-                if let Some(victim) = self.youngest_inbound(group) {
+        let ip = peer.ip();
+        let refuse = |this: &mut Self, why| {
+            // Dropping the stream closes it, before `on_accept`.
+            this.shared.inbound_rejected(why);
+            tracing::debug!(%peer, reason = %why, "inbound connection refused");
+        };
+        match self.peers.admission(ip, origin, now) {
+            Admission::Refuse(why) => return refuse(self, why),
+            Admission::Evict => match self.select_to_evict() {
+                Some(victim) => {
                     self.shared.evicted();
-                    tracing::debug!(%peer, %victim, %group, "inbound slot full: evicting");
+                    tracing::debug!(%peer, %victim, "inbound slots full: evicting");
                     let _ = self.close(victim, DisconnectReason::Evicted);
                 }
-            }
+                None => return refuse(self, crate::policy::Refusal::InboundFull),
+            },
             Admission::Admit => {}
         }
         let id = self.shared.next_id();
-        let place = self.peers.add_inbound(ip);
+        let place = self.peers.add_inbound(ip, origin);
         self.insert(id, to_addr(peer), ConnKind::Inbound, place);
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
@@ -65,13 +73,35 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         self.outbox.emit(Event::Accepted(conn));
     }
 
-    /// The most recent inbound connection of `group`.
-    fn youngest_inbound(&self, group: NetGroup) -> Option<ConnId> {
-        self.slots
+    /// The inbound peer to evict, after Core's protections (see
+    /// [`eviction`]). `NOBAN` peers are never candidates.
+    fn select_to_evict(&self) -> Option<ConnId> {
+        let candidates = self
+            .slots
             .values()
-            .filter(|s| s.place.inbound_group() == Some(group))
-            .max_by_key(|s| (s.since, s.info.id))
-            .map(|s| s.info.id)
+            .filter(|s| s.state == ConnState::Established)
+            .filter_map(|s| {
+                let Place::Inbound { ip, origin } = s.place else {
+                    return None;
+                };
+                let peer = self.peers.inbound_peer(ip, origin);
+                let perms = self.peers.permissions(&peer, origin.permissions);
+                if perms.contains(Permissions::NOBAN) {
+                    return None;
+                }
+                let extra = s.extra.as_deref();
+                Some(Candidate {
+                    id: s.info.id,
+                    connected: s.since.unwrap_or(s.started),
+                    keyed_group: self.peers.keyed_group(peer.group),
+                    network: peer.network,
+                    min_ping: extra.and_then(|e| e.min_ping),
+                    last_block: extra.and_then(|e| e.last_block),
+                    last_tx: extra.and_then(|e| e.last_tx),
+                })
+            })
+            .collect();
+        eviction::select(candidates)
     }
 
     /// Ends an entry at whatever stage it is, for `reason`: an established
@@ -92,24 +122,44 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         Ok(())
     }
 
-    /// Bans `subnet` and ends every entry inside it.
-    pub(super) fn ban(&mut self, subnet: Subnet, duration: Duration, reason: String) {
+    /// Bans `subnet` and ends every entry inside it, but `NOBAN` peers'.
+    pub(super) fn ban(
+        &mut self,
+        subnet: Subnet,
+        duration: Duration,
+        reason: String,
+    ) -> Result<(), Error> {
+        self.peers
+            .ban(subnet, duration, reason.clone(), Instant::now())
+            .map_err(Error::BanListFull)?;
         tracing::info!(%subnet, ?duration, %reason, "banned");
-        self.peers.ban(subnet, duration, reason, Instant::now());
         self.shared.banned();
-        let inside: Vec<ConnId> = self
-            .slots
-            .values()
-            .filter(|s| s.ip().is_some_and(|ip| subnet.contains(ip)))
-            .map(|s| s.info.id)
-            .collect();
+        let inside = self.ids_where(|peer, perms| {
+            peer.identified
+                && !perms.contains(Permissions::NOBAN)
+                && subnet.contains_host(peer.host)
+        });
         for id in inside {
             let _ = self.close(id, DisconnectReason::Banned);
         }
+        Ok(())
     }
 
-    /// Adds to an entry's ban score; past the threshold its IP is banned
-    /// (an address without an IP is closed). Returns the score, decayed.
+    /// The ids of the entries whose peer and permissions match.
+    fn ids_where(&self, matches: impl Fn(&Peer, Permissions) -> bool) -> Vec<ConnId> {
+        self.slots
+            .values()
+            .filter(|s| {
+                let (peer, perms) = s.peer(&self.peers);
+                matches(&peer, perms)
+            })
+            .map(|s| s.info.id)
+            .collect()
+    }
+
+    /// Adds to an entry's ban score; past the threshold the peer is
+    /// punished as its network and permissions allow (see the policy
+    /// docs). Returns the score, decayed.
     pub(super) fn misbehaving(
         &mut self,
         id: ConnId,
@@ -117,32 +167,77 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         reason: String,
     ) -> Result<u32, Error> {
         let slot = self.slots.get_mut(&id).ok_or(Error::UnknownId(id))?;
-        let score = slot.score.get_or_insert_default().increase(
+        let now = Instant::now();
+        let score = slot.extra.get_or_insert_default().score.increase(
             points.persistent,
             points.transient,
-            Instant::now(),
+            now,
         );
         let threshold = self.peers.policy().ban_threshold;
         tracing::debug!(parent: &slot.span, score, threshold, %reason, "misbehaving");
-        if score >= threshold {
-            match slot.ip() {
-                Some(ip) => {
-                    let duration = self.peers.policy().ban_duration;
-                    self.ban(Subnet::from(ip), duration, reason);
+        if score < threshold {
+            return Ok(score);
+        }
+        let (peer, perms) = slot.peer(&self.peers);
+        if perms.contains(Permissions::NOBAN) || slot.info.kind.is_permanent() {
+            tracing::info!(parent: &slot.span, score, %reason, "misbehaving peer kept: noban or permanent");
+            return Ok(score);
+        }
+        let discourage = peer.identified && peer.network != Network::Local;
+        if discourage {
+            tracing::info!(parent: &slot.span, host = %peer.host, %reason, "misbehaving: host discouraged");
+            self.peers.discourage(peer.host, now);
+            self.shared.banned();
+            let host = peer.host;
+            let same_host = self.ids_where(|p, perms| {
+                p.identified && p.host == host && !perms.contains(Permissions::NOBAN)
+            });
+            for other in same_host {
+                let permanent = self
+                    .slots
+                    .get(&other)
+                    .is_some_and(|s| s.info.kind.is_permanent());
+                if other == id || !permanent {
+                    let _ = self.close(other, DisconnectReason::Banned);
                 }
-                None => self.close(id, DisconnectReason::Banned)?,
             }
+        } else {
+            // A local or Tor-inbound peer shares its address with others:
+            // only this connection goes.
+            tracing::info!(parent: &slot.span, %reason, "misbehaving: disconnected");
+            self.close(id, DisconnectReason::Banned)?;
         }
         Ok(score)
     }
+
+    /// Records what the application reports of a peer, for eviction.
+    pub(super) fn report(&mut self, id: ConnId, report: Report) -> Result<(), Error> {
+        let slot = self.slots.get_mut(&id).ok_or(Error::UnknownId(id))?;
+        let extra: &mut Extra = slot.extra.get_or_insert_default();
+        let now = Instant::now();
+        match report {
+            Report::Ping(rtt) => {
+                extra.min_ping = Some(extra.min_ping.map_or(rtt, |m| m.min(rtt)));
+            }
+            Report::Block => extra.last_block = Some(now),
+            Report::Transaction => extra.last_tx = Some(now),
+        }
+        Ok(())
+    }
 }
 
-impl<A: PeerAddr> super::Slot<A> {
-    /// The peer's IP: an inbound peer's, or the dialed address's.
-    fn ip(&self) -> Option<IpAddr> {
+impl<A: Address> super::Slot<A> {
+    /// The peer as the policy sees it, and its permissions.
+    pub(super) fn peer(&self, peers: &PolicyState<A, ConnId>) -> (Peer, Permissions) {
         match self.place {
-            Place::Inbound { ip, .. } => Some(ip),
-            Place::Outbound { .. } => self.info.addr.ip(),
+            Place::Inbound { ip, origin } => {
+                let peer = peers.inbound_peer(ip, origin);
+                (peer, peers.permissions(&peer, origin.permissions))
+            }
+            Place::Outbound { .. } => {
+                let peer = peers.classify(self.info.addr.host());
+                (peer, peers.permissions(&peer, Permissions::NONE))
+            }
         }
     }
 }
