@@ -1,29 +1,97 @@
-//! The peer policy: what protects a node from eclipse and abuse.
+//! The peer policy: what protects a node from eclipse and abuse, after
+//! Bitcoin Core's defences (`src/netgroup.cpp`, `src/node/eviction.cpp`,
+//! `src/banman.cpp`, `src/net.cpp`).
 //!
-//! The manager applies it to every dial and every accept, on by default:
+//! The manager applies it to every dial and every accept, on by default.
+//!
+//! # Networks and groups
+//!
+//! Every address has a [`Host`] and every host a [`Network`]: IPv4 and IPv6
+//! (routable), onion, I2P, CJDNS, host names, and [`Local`](Network::Local)
+//! for loopback and every other unroutable IP. Nothing is exempt: each rule
+//! asks for the network. Groups ([`NetGroup`]) are Core's: an IPv4 /16, an
+//! IPv6 /32, an embedded IPv4 address's /16 for 6to4, Teredo and NAT64
+//! (whatever it embeds: those are routable), the first 4 bits of an onion
+//! or I2P key, and one group for all local peers.
+//!
+//! A listener can say where its peers come from
+//! ([`ListenerOptions::network`](crate::manager::ListenerOptions::network)):
+//! the peers of a Tor onion service's listener arrive from 127.0.0.1, but
+//! they are Tor peers, each one a peer of its own.
+//!
+//! For simulations on one machine, [`Policy::treat_as_routable`] makes
+//! loopback addresses count as routable ones (127.a.b.c in group 127.a).
+//! Without it, a regtest node on 127.0.0.1 works with the defaults: local
+//! peers are told apart by port, are not limited by group or IP, and are
+//! counted against `max_inbound` and evicted like everyone else.
+//!
+//! # Outbound
 //!
 //! - **No duplicates.** Never two outbound connections or dials to one
-//!   address. A duplicate automatic candidate is skipped; an explicit
-//!   request is an [`Error::Duplicate`](crate::manager::Error::Duplicate).
-//! - **Outbound diversity.** At most [`max_outbound_per_netgroup`]
-//!   automatic connections per [`NetGroup`] (default 1), dials in flight
+//!   routable host, in either direction (Core's
+//!   `AlreadyConnectedToAddress`): `8.8.8.8:8333`, `[::ffff:8.8.8.8]:18333`
+//!   and an inbound peer from `8.8.8.8` are the same host. Local and named
+//!   peers count by their whole address, onion peers by their key. A
+//!   duplicate automatic candidate is skipped; an explicit request is an
+//!   [`Error::Duplicate`](crate::manager::Error::Duplicate), except a
+//!   permanent one: it takes over an automatic or one-shot request to the
+//!   address, or waits for an inbound peer of the host to leave.
+//! - **Diversity.** At most [`max_outbound_per_netgroup`] automatic
+//!   connections per IPv4 or IPv6 group (default 1), dials in flight
 //!   counted, so that an attacker who controls one /16 and floods the
-//!   address source cannot take the outbound slots (the eclipse attack of
-//!   Heilman et al., 2015).
-//! - **Inbound limits**, before `on_accept`: [`max_inbound_per_ip`]
-//!   (default 1) and [`max_inbound_per_netgroup`] (default an eighth of
-//!   `max_inbound`, at least 1).
-//! - **Eviction when full.** When `max_inbound` is reached, a newcomer from a
-//!   netgroup holding fewer inbound slots than the largest one evicts the
-//!   youngest connection of the largest netgroup: diversity first, then
-//!   longevity, after Bitcoin Core's principle.
-//! - **Bans** of addresses and subnets, and btcd's [`BanScore`] for
-//!   misbehaving peers.
+//!   address source cannot take the outbound slots (Heilman et al., 2015).
+//!   As in Core, onion, I2P and CJDNS groups do not count (their keys are
+//!   random), so a Tor-only node fills its target.
+//! - **Before the stack.** The policy decides before the dial stack's
+//!   `call`: a refused candidate never reaches a layer of yours.
 //!
-//! Loopback, private and link-local peers are exempt from the netgroup and
-//! per-IP rules unless [`limit_local`](Policy::limit_local) is set, so a
-//! regtest node on `127.0.0.1` works with the defaults. Duplicates and bans
-//! apply to every address.
+//! # Inbound
+//!
+//! Before `on_accept`: bans and discouragement, [`max_inbound_per_ip`]
+//! (default 1) and [`max_inbound_per_netgroup`] (default an eighth of
+//! `max_inbound`) for IPv4 and IPv6 peers. When `max_inbound` is reached
+//! and [`evict_when_full`](Policy::evict_when_full) is on (the default),
+//! someone is evicted.
+//!
+//! # Eviction
+//!
+//! After Core's `SelectNodeToEvict`, step by step: protect 4 peers by
+//! netgroup hashed with a random key of this manager, 8 by lowest ping, 4
+//! by latest transaction, 4 by latest block (what the application reports
+//! with [`Handle::report`](crate::manager::Handle::report)), then half of
+//! the rest by uptime with up to a quarter of all places kept for onion,
+//! local, I2P and CJDNS peers; then evict the youngest member of the
+//! largest group. `NOBAN` peers are never evicted. Where Core would find
+//! everyone protected and refuse the newcomer, this lifts the weakest
+//! protections again, so someone always goes. The side-by-side table is in
+//! the eviction module's source (`src/policy/eviction.rs`).
+//!
+//! # Bans
+//!
+//! A [`Ban`] holds a [`Subnet`]: an IP network, or one host without an IP
+//! (an onion service). IPv6 networks match in IPv6 space and never widen
+//! to IPv4; an address that embeds an IPv4 address is covered by a ban of
+//! its IPv6 range and by one of its IPv4 address. A look-up costs one hash
+//! probe per prefix length in use, whatever the number of bans; the list
+//! holds at most [`max_bans`](Policy::max_bans) (a typed error past it),
+//! and an export never overflows the wall clock.
+//!
+//! # Misbehaviour
+//!
+//! [`Handle::misbehaving`](crate::manager::Handle::misbehaving) keeps btcd's
+//! decaying [`BanScore`]. At the threshold, as Core:
+//!
+//! | peer | what happens |
+//! |---|---|
+//! | `NOBAN` ([`Policy::whitelist`], a listener's permissions) or permanent | nothing: the score is reported |
+//! | local, or from a listener of another network (Tor) | this connection is closed; no address is punished |
+//! | routable, onion, I2P, CJDNS | the host is discouraged for [`ban_duration`](Policy::ban_duration) and its connections closed |
+//!
+//! Discouraged hosts are kept apart from manual bans, in a bounded table
+//! ([`max_discouraged`](Policy::max_discouraged), default 50 000 as Core's
+//! rolling filter) that is exact where Core's filter has false positives:
+//! automatic candidates and inbound peers from them are refused; an explicit
+//! request still dials.
 //!
 //! A candidate the policy refuses is not a failed dial: it is counted apart
 //! (see [`Counters`](crate::manager::Counters)) and never feeds the failure
@@ -37,12 +105,16 @@
 //! # Examples
 //!
 //! ```no_run
-//! use connmgr::{manager::ConnManager, policy::Policy};
+//! use connmgr::{manager::ConnManager, policy::{Permissions, Policy}};
 //! use std::time::Duration;
 //!
 //! # async fn run() -> Result<(), connmgr::BoxError> {
 //! let handle = ConnManager::builder()
-//!     .policy(Policy::new().max_outbound_per_netgroup(2).evict_when_full(false))
+//!     .policy(
+//!         Policy::new()
+//!             .max_outbound_per_netgroup(2)
+//!             .whitelist("192.0.2.0/24".parse()?, Permissions::NOBAN),
+//!     )
 //!     .start()?;
 //! handle.ban("203.0.113.0/24".parse()?, Duration::from_secs(3600), "spam").await?;
 //! # Ok(())
