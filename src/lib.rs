@@ -41,9 +41,12 @@
 //!   whose drop is the disconnect. Faults in user code and load from peers
 //!   never stop it: every queue is bounded, panics are caught, stop is
 //!   bounded.
-//! - The **peer policy** ([`policy`]) protects the node from eclipse and
-//!   abuse: no duplicate connections, netgroup diversity, inbound limits,
-//!   eviction, bans and ban scores, on by default.
+//! - The **peer policy** ([`policy`]) gives the node Bitcoin Core's
+//!   defences, on by default: a network and a group for every address
+//!   (local and Tor peers included), no duplicate hosts, netgroup diversity
+//!   decided before the dial stack is called, inbound limits, Core's
+//!   eviction with its protections, bans of IP ranges and onion hosts that
+//!   scale, and bounded discouragement of misbehaving peers.
 //! - **Seeding** ([`resolve`], [`seed`]): resolvers are `tower::Service`s
 //!   (the system's, Tor's RESOLVE, hickory with the `hickory` feature), and
 //!   DNS seeds fill an address book the manager draws from.

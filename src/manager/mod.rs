@@ -30,8 +30,9 @@
 //! - **Inbound.** Each listener gets an accept loop; each admitted
 //!   connection is an entry (kind [`Inbound`](ConnKind::Inbound)) for its
 //!   life, within `max_inbound` (117 by default); accept errors back off.
-//! - **Peer policy.** No duplicate outbound requests, netgroup diversity,
-//!   inbound limits, eviction and bans: see [`policy`](crate::policy).
+//! - **Peer policy.** No duplicate hosts, netgroup diversity, inbound
+//!   limits, Core's eviction, bans and discouragement, decided before the
+//!   dial stack's `call`: see [`policy`](crate::policy).
 //!   What it refused is counted ([`Counters::skipped`],
 //!   [`Counters::rejected`]) and logged with the reason.
 //! - **Seeding.** [`Builder::address_book`] draws automatic peers from an

@@ -122,6 +122,8 @@
 //! ```
 
 mod ban;
+#[doc(hidden)]
+pub mod bench;
 pub(crate) mod eviction;
 mod netgroup;
 pub(crate) mod state;
