@@ -82,6 +82,18 @@ impl<A> Handle<A> {
     /// Asks for a permanent connection to `addr`: like
     /// [`connect`](Self::connect), but retried on failure and reconnected on
     /// disconnect, with exponential backoff, until [`remove`](Self::remove)d.
+    ///
+    /// The request is never lost to a duplicate: when an automatic or
+    /// one-shot request holds the address, that request becomes permanent
+    /// and its id is returned (it leaves the outbound target, whose slot
+    /// is refilled; a [`Connection`](super::Connection) already handed out
+    /// keeps the kind it had); when the host is connected inbound, the
+    /// request waits its backoff and dials once the host is free.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Duplicate`] when a permanent request holds the address,
+    /// [`Error::Banned`] when it is banned.
     pub async fn connect_permanent(&self, addr: A) -> Result<ConnId, Error> {
         self.request(addr, ConnKind::Permanent).await
     }

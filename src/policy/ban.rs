@@ -323,6 +323,9 @@ impl BanList {
 
     /// The ban in force that covers `host`, if any.
     pub(crate) fn find(&self, host: Host, now: Instant) -> Option<Subnet> {
+        if self.bans.is_empty() {
+            return None;
+        }
         let live = |s: Subnet| {
             self.bans
                 .get(&s)
@@ -446,23 +449,35 @@ impl Discouraged {
         self.keys.hash_one(host)
     }
 
-    /// Discourages `host` until `until`.
+    /// Discourages `host` until `until`. A host discouraged again keeps
+    /// one entry; the oldest live entries make room.
     pub(crate) fn insert(&mut self, host: Host, until: Instant, now: Instant) {
         if self.max == 0 {
             return;
         }
-        while let Some(&(d, end)) = self.order.front() {
-            if end > now && self.order.len() < self.max {
+        let d = self.digest(&host);
+        let known = self.ends.contains_key(&d);
+        // Expired entries go; then the oldest, while the table is full. An
+        // entry whose host was discouraged again since is stale: its pop
+        // frees nothing.
+        while let Some(&(old, end)) = self.order.front() {
+            let full = !known && self.ends.len() >= self.max;
+            if end > now && !full {
                 break;
             }
             self.order.pop_front();
-            if self.ends.get(&d) == Some(&end) {
-                self.ends.remove(&d);
+            if self.ends.get(&old) == Some(&end) {
+                self.ends.remove(&old);
             }
         }
-        let d = self.digest(&host);
         self.ends.insert(d, until);
         self.order.push_back((d, until));
+        // Stale entries are bounded: past twice the live ones, rebuild.
+        if self.order.len() > 2 * self.ends.len() + 16 {
+            let mut live: Vec<(u64, Instant)> = self.ends.iter().map(|(&d, &e)| (d, e)).collect();
+            live.sort_by_key(|&(_, end)| end);
+            self.order = live.into();
+        }
     }
 
     pub(crate) fn contains(&self, host: Host, now: Instant) -> bool {

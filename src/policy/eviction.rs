@@ -42,7 +42,9 @@ pub(crate) struct Candidate<Id> {
 }
 
 /// Sorts by `key` ascending and protects (moves to `into`) up to `k` of
-/// the last ones that are `eligible` (Core's `EraseLastKElements`).
+/// the last ones that are `eligible` (Core's `EraseLastKElements`). Linear
+/// after the sort, so that a flood of newcomers into a large `max_inbound`
+/// costs each eviction O(n log n).
 fn protect<Id, K: Ord>(
     c: &mut Vec<Candidate<Id>>,
     into: &mut Vec<Candidate<Id>>,
@@ -50,16 +52,28 @@ fn protect<Id, K: Ord>(
     key: impl Fn(&Candidate<Id>) -> K,
     eligible: impl Fn(&Candidate<Id>) -> bool,
 ) -> usize {
+    if k == 0 {
+        return 0;
+    }
     c.sort_by_key(|n| key(n));
+    let mut chosen = vec![false; c.len()];
     let mut protected = 0;
-    let mut i = c.len();
-    while i > 0 && protected < k {
-        i -= 1;
-        if eligible(&c[i]) {
-            into.push(c.remove(i));
+    for (i, n) in c.iter().enumerate().rev() {
+        if protected == k {
+            break;
+        }
+        if eligible(n) {
+            chosen[i] = true;
             protected += 1;
         }
     }
+    let mut i = 0;
+    let (kept, moved): (Vec<_>, Vec<_>) = std::mem::take(c).into_iter().partition(|_| {
+        i += 1;
+        !chosen[i - 1]
+    });
+    *c = kept;
+    into.extend(moved);
     protected
 }
 

@@ -8,10 +8,8 @@
 
 use std::{
     fmt,
-    hash::{BuildHasher, Hash, Hasher},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
-    sync::OnceLock,
 };
 
 /// The network an address belongs to.
@@ -172,11 +170,12 @@ pub enum Host {
     I2p([u8; 32]),
     /// A CJDNS address (in `fc00::/8`).
     Cjdns(Ipv6Addr),
-    /// A host name a proxy resolves ([`Host::name`]): digests of it and of
-    /// its last two labels (its group), keyed per process.
+    /// A host name a proxy resolves ([`Host::name`]): SHA3-256 digests,
+    /// cut short, of it and of its last two labels (its group), lower
+    /// case. The same in every process, so bans of names export.
     Name {
         /// The digest of the whole name.
-        name: u64,
+        name: [u8; 16],
         /// The digest of its last two labels.
         group: u64,
     },
@@ -289,7 +288,13 @@ impl fmt::Display for Host {
             }
             Self::I2p(hash) => write!(f, "{}.b32.i2p", base32_encode(hash)),
             Self::Cjdns(ip) => write!(f, "cjdns:{ip}"),
-            Self::Name { name, .. } => write!(f, "name:{name:016x}"),
+            Self::Name { name, group } => {
+                f.write_str("name:")?;
+                for b in name {
+                    write!(f, "{b:02x}")?;
+                }
+                write!(f, ":{group:016x}")
+            }
         }
     }
 }
@@ -307,6 +312,11 @@ impl FromStr for Host {
         }
         if strip_suffix_ignore_case(s, ".i2p").is_some() {
             return Self::i2p(s);
+        }
+        if let Some(hex) = s.strip_prefix("name:") {
+            if let Some(host) = parse_name_digest(hex) {
+                return Ok(host);
+            }
         }
         if let Some(ip) = s.strip_prefix("cjdns:") {
             if let Ok(ip) = ip.parse::<Ipv6Addr>() {
@@ -440,11 +450,22 @@ pub fn is_routable(ip: IpAddr) -> bool {
 pub trait PeerAddr {
     /// The host of this address.
     fn host(&self) -> Host;
+
+    /// The port, if the address has one. Local peers, which share their
+    /// IP address, are told apart by it; without it, by the whole address.
+    /// Default is `None`.
+    fn port(&self) -> Option<u16> {
+        None
+    }
 }
 
 impl PeerAddr for SocketAddr {
     fn host(&self) -> Host {
         Host::ip(self.ip())
+    }
+
+    fn port(&self) -> Option<u16> {
+        Some(Self::port(self))
     }
 }
 
@@ -462,30 +483,47 @@ impl PeerAddr for Host {
 
 // ===== names =====
 
-/// The keys of name digests: random, once per process.
-fn name_keys() -> &'static std::collections::hash_map::RandomState {
-    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    KEYS.get_or_init(Default::default)
+fn sha3(parts: &[&[u8]]) -> [u8; 32] {
+    use sha3::{Digest, Sha3_256};
+    let mut h = Sha3_256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
 }
 
-fn name_digest(name: &str) -> u64 {
-    let mut h = name_keys().build_hasher();
-    for b in name.bytes() {
-        h.write_u8(b.to_ascii_lowercase());
-    }
-    h.finish()
+fn name_digest(name: &str) -> [u8; 16] {
+    let d = sha3(&[b"connmgr name\0", name.to_ascii_lowercase().as_bytes()]);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
 }
 
 /// The group digest of a host name: its last two labels.
 fn name_group(name: &str) -> u64 {
     let mut dots = name.rmatch_indices('.');
     let start = dots.nth(1).map_or(0, |(i, _)| i + 1);
-    let mut h = name_keys().build_hasher();
-    "group".hash(&mut h);
-    for b in name[start..].bytes() {
-        h.write_u8(b.to_ascii_lowercase());
+    let d = sha3(&[
+        b"connmgr group\0",
+        name[start..].to_ascii_lowercase().as_bytes(),
+    ]);
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// `<32 hex digits>:<16 hex digits>`, as `Host::Name` prints.
+fn parse_name_digest(hex: &str) -> Option<Host> {
+    let (name, group) = hex.split_once(':')?;
+    if name.len() != 32 || group.len() != 16 || !name.is_ascii() {
+        return None;
     }
-    h.finish()
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&name[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(Host::Name {
+        name: out,
+        group: u64::from_str_radix(group, 16).ok()?,
+    })
 }
 
 fn strip_suffix_ignore_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
@@ -533,12 +571,7 @@ fn base32_decode(text: &str) -> Option<Vec<u8>> {
 
 /// The two checksum bytes of a v3 onion address (Tor's rend-spec-v3).
 fn onion_checksum(key: &[u8; 32]) -> [u8; 2] {
-    use sha3::{Digest, Sha3_256};
-    let mut h = Sha3_256::new();
-    h.update(b".onion checksum");
-    h.update(key);
-    h.update([3u8]);
-    let d = h.finalize();
+    let d = sha3(&[b".onion checksum", key, &[3u8]]);
     [d[0], d[1]]
 }
 

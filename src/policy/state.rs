@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{
     Ban, Host, NetGroup, Network, PeerAddr, Permissions, Policy, Refusal, Subnet,
     ban::{BanList, Discouraged, FAR},
-    is_routable,
+    canonical, is_routable,
     netgroup::{ip_network, unmap},
 };
 
@@ -58,12 +58,25 @@ pub(crate) enum Admission {
 }
 
 /// What makes two outbound requests duplicates: the host for routable and
-/// non-IP peers, the whole address for local and named ones (many local
-/// peers share 127.0.0.1).
+/// non-IP peers (an IP with any embedded IPv4 address taken out), the IP
+/// and port for local peers (many share 127.0.0.1), and the whole address
+/// for named ones and for local ones of an address type without ports.
 #[derive(Debug, PartialEq, Eq, Hash)]
 enum Key<A> {
     Host(Host),
+    Local(IpAddr, u16),
     Addr(A),
+}
+
+/// The host as one machine: an IP address with an embedded IPv4 address
+/// (mapped, 6to4, Teredo, NAT64) is that IPv4 address. Duplicates, the
+/// per-IP limit and discouragement use it, so that no form of an address
+/// gets around them.
+fn identity(host: Host) -> Host {
+    match host {
+        Host::Ip(ip) => Host::Ip(canonical(ip)),
+        other => other,
+    }
 }
 
 #[derive(Debug)]
@@ -166,9 +179,10 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
     }
 
     fn key(addr: &A, peer: &Peer) -> Key<A> {
-        match peer.network {
-            Network::Local | Network::Name => Key::Addr(addr.clone()),
-            _ => Key::Host(peer.host),
+        match (peer.network, peer.host, addr.port()) {
+            (Network::Local, Host::Ip(ip), Some(port)) => Key::Local(ip, port),
+            (Network::Local | Network::Name, ..) => Key::Addr(addr.clone()),
+            _ => Key::Host(identity(peer.host)),
         }
     }
 
@@ -188,7 +202,7 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
     }
 
     fn inbound_holds(&self, peer: &Peer) -> Option<IpAddr> {
-        let ip = peer.host.as_ip()?;
+        let ip = canonical(peer.host.as_ip()?);
         (peer.group.counts_for_diversity() && self.inbound_ips.contains_key(&ip)).then_some(ip)
     }
 
@@ -206,7 +220,7 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
             return Err(Refusal::Banned);
         }
         if automatic {
-            if self.discouraged.contains(peer.host, now) {
+            if self.discouraged.contains(identity(peer.host), now) {
                 return Err(Refusal::Discouraged);
             }
             if peer.group.counts_for_diversity() {
@@ -256,12 +270,12 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
             if self.bans.find(peer.host, now).is_some() {
                 return Admission::Refuse(Refusal::Banned);
             }
-            if self.discouraged.contains(peer.host, now) {
+            if self.discouraged.contains(identity(peer.host), now) {
                 return Admission::Refuse(Refusal::Discouraged);
             }
         }
         if peer.group.counts_for_diversity() {
-            let ip = unmap(ip);
+            let ip = canonical(ip);
             if self.inbound_ips.get(&ip).copied().unwrap_or(0) >= self.policy.max_inbound_per_ip {
                 return Admission::Refuse(Refusal::IpFull);
             }
@@ -284,7 +298,7 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
         self.inbound += 1;
         let peer = self.inbound_peer(ip, origin);
         if peer.group.counts_for_diversity() {
-            *self.inbound_ips.entry(unmap(ip)).or_insert(0) += 1;
+            *self.inbound_ips.entry(canonical(ip)).or_insert(0) += 1;
             *self.inbound_groups.entry(peer.group).or_insert(0) += 1;
         }
         Place::Inbound { ip, origin }
@@ -307,7 +321,7 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
                 self.inbound = self.inbound.saturating_sub(1);
                 let peer = self.inbound_peer(ip, origin);
                 if peer.group.counts_for_diversity() {
-                    down(&mut self.inbound_ips, unmap(ip));
+                    down(&mut self.inbound_ips, canonical(ip));
                     down(&mut self.inbound_groups, peer.group);
                 }
             }
@@ -368,13 +382,13 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
         let until = now
             .checked_add(self.policy.ban_duration)
             .unwrap_or(now + FAR);
-        self.discouraged.insert(host, until, now);
+        self.discouraged.insert(identity(host), until, now);
     }
 
     /// Whether `host` is discouraged.
     #[cfg(test)]
     pub(crate) fn is_discouraged(&self, host: Host, now: Instant) -> bool {
-        self.discouraged.contains(host, now)
+        self.discouraged.contains(identity(host), now)
     }
 
     /// How many hosts are discouraged (some may have expired).

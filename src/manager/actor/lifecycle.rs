@@ -58,10 +58,12 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     pub(super) fn connect(&mut self, addr: A, kind: ConnKind) -> Result<ConnId, Error> {
         let now = Instant::now();
         if let Some(existing) = self.peers.outbound_to(&addr) {
-            let upgradable = self
-                .slots
-                .get(&existing)
-                .is_some_and(|s| matches!(s.info.kind, ConnKind::Automatic | ConnKind::OneShot));
+            // Only a request to this very address: one to another port or
+            // form of the host is a duplicate, not the same peer.
+            let upgradable = self.slots.get(&existing).is_some_and(|s| {
+                matches!(s.info.kind, ConnKind::Automatic | ConnKind::OneShot)
+                    && s.info.addr == addr
+            });
             if kind.is_permanent() && upgradable {
                 self.make_permanent(existing);
                 return Ok(existing);
@@ -98,7 +100,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             .values()
             .find(|s| {
                 matches!(s.place, Place::Inbound { ip: from, .. }
-                    if crate::policy::unmap(from) == ip)
+                    if crate::policy::canonical(from) == ip)
             })
             .map_or(ConnId(0), |s| s.info.id)
     }

@@ -188,9 +188,13 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             tracing::info!(parent: &slot.span, host = %peer.host, %reason, "misbehaving: host discouraged");
             self.peers.discourage(peer.host, now);
             self.shared.banned();
-            let host = peer.host;
+            // Every form of the host: an embedded IPv4 address is the host.
+            let host = match peer.host {
+                crate::policy::Host::Ip(ip) => Subnet::from(crate::policy::canonical(ip)),
+                other => Subnet::from(other),
+            };
             let same_host = self.ids_where(|p, perms| {
-                p.identified && p.host == host && !perms.contains(Permissions::NOBAN)
+                p.identified && host.contains_host(p.host) && !perms.contains(Permissions::NOBAN)
             });
             for other in same_host {
                 let permanent = self
