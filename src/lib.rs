@@ -100,6 +100,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod addrman;
 pub mod backoff;
 pub mod connect;
 pub mod limit;

@@ -1,0 +1,329 @@
+//! The address manager: what it admits, what a flood can and cannot do to
+//! it, what it keeps across a restart, and its invariants under any
+//! sequence of operations.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, SystemTime},
+};
+
+use connmgr::{
+    addrman::{AddrMan, PersistError, Source},
+    policy::{Ban, Host, Subnet},
+};
+use proptest::prelude::*;
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 8333)
+}
+
+fn peer(a: u8, b: u8) -> Source {
+    Source::Peer(Host::ip(IpAddr::V4(Ipv4Addr::new(a, b, 0, 1))))
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "connmgr-addrman-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// Impossible and local addresses never enter (a seed answering `0.0.0.0`
+/// or `127.0.0.1` is harmless), and each refusal is counted; with
+/// `admit_local` a loopback network works.
+#[test]
+fn addrman_refuses_unroutable() {
+    let man = AddrMan::<SocketAddr>::seeded(2);
+    let bad = [
+        "0.0.0.0:8333",
+        "[::]:8333",
+        "127.0.0.1:8333",
+        "10.1.2.3:8333",
+        "192.168.0.1:8333",
+        "224.0.0.1:8333",
+        "255.255.255.255:8333",
+        "[::1]:8333",
+        "[ff02::1]:8333",
+        "[fe80::1]:8333",
+        "[::ffff:10.0.0.1]:8333",
+        "198.18.0.1:8333",
+    ];
+    let seed = Source::Seed(Host::name("seed.example.org"));
+    let added = man.add(bad.iter().map(|s| s.parse().expect("addr")), seed);
+    assert_eq!(added, 0);
+    assert_eq!(man.stats().unroutable, bad.len() as u64);
+    assert!(man.is_empty());
+    assert_eq!(man.select(), None);
+    assert_eq!(man.add([v4(8, 8, 8, 8)], seed), 1);
+    assert_eq!(man.select(), Some(v4(8, 8, 8, 8)));
+
+    let local = AddrMan::<SocketAddr>::seeded(2).admit_local(true);
+    assert_eq!(local.add([v4(127, 0, 0, 1)], Source::User), 1);
+}
+
+/// Honest addresses that worked sit in tried; a flood of a million new
+/// addresses from one attacker cannot push them out, and selection still
+/// finds them half the time.
+#[test]
+fn addrman_tried_survives_new_flood() {
+    let man = AddrMan::<SocketAddr>::seeded(3);
+    let honest: Vec<SocketAddr> = (0..64u8).map(|g| v4(20 + g, g, 1, 1)).collect();
+    man.add(honest.iter().copied(), Source::User);
+    for a in &honest {
+        man.good(a);
+    }
+    man.resolve_collisions();
+    let tried_before: HashSet<SocketAddr> =
+        honest.iter().copied().filter(|a| man.is_tried(a)).collect();
+    assert!(tried_before.len() >= 60, "{}", tried_before.len());
+
+    let attacker = peer(6, 6);
+    for a in 0..16u8 {
+        for b in 0..=255u8 {
+            let batch = (0..=255u8).map(move |c| v4(100 + a, b, c, 7));
+            man.add(batch, attacker);
+        }
+    }
+    for a in &tried_before {
+        assert!(man.is_tried(a), "{a} pushed out of tried");
+    }
+    let stats = man.stats();
+    assert!(
+        stats.new <= 64 * 64,
+        "one source group: at most 64 buckets ({})",
+        stats.new
+    );
+    let picks = (0..2000)
+        .filter_map(|_| man.select())
+        .filter(|a| honest.contains(a))
+        .count();
+    assert!(picks > 800, "honest picks {picks} of 2000");
+    man.check().expect("invariants");
+}
+
+/// A saved table loads with the same addresses, the same tables, the same
+/// secret (so the same buckets), and its bans.
+#[test]
+fn addrman_persist_roundtrip() {
+    let path = temp_path("peers.dat");
+    let man = AddrMan::<SocketAddr>::seeded(4);
+    for g in 0..200u8 {
+        man.add([v4(30, g, 0, 1), v4(31, g, 0, 1)], peer(40, g));
+    }
+    let v6 = SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(0x2a01, 0x4f8, 0, 0, 0, 0, 0, 1)),
+        8333,
+    );
+    man.add([v6], Source::User);
+    for g in 0..50u8 {
+        man.good(&v4(30, g, 0, 1));
+    }
+    let bans = vec![Ban {
+        subnet: "203.0.113.0/24".parse::<Subnet>().expect("subnet"),
+        until: SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000),
+        reason: "spam ünïcode".into(),
+    }];
+    man.save(&path, &bans).expect("save");
+    let (back, bans_back) = AddrMan::<SocketAddr>::load(&path).expect("load");
+    assert_eq!(bans_back, bans);
+    assert_eq!(back.len(), man.len());
+    assert_eq!(back.stats().tried, man.stats().tried);
+    for g in 0..200u8 {
+        for a in [v4(30, g, 0, 1), v4(31, g, 0, 1)] {
+            assert_eq!(back.contains(&a), man.contains(&a), "{a}");
+            assert_eq!(back.is_tried(&a), man.is_tried(&a), "{a}");
+        }
+    }
+    assert!(back.contains(&v6));
+    back.check().expect("invariants after load");
+    // Saved again, the bytes are the same: nothing is lost or reordered.
+    let again = path.with_extension("2");
+    back.save(&again, &bans).expect("save again");
+    let (third, _) = AddrMan::<SocketAddr>::load(&again).expect("load again");
+    assert_eq!(third.len(), back.len());
+}
+
+/// A truncated, damaged, foreign or newer file is a typed error, never a
+/// panic; `load_or_new` starts empty and keeps the bad file aside.
+#[test]
+fn addrman_corrupt_file_is_typed_error() {
+    let path = temp_path("peers.dat");
+    let man = AddrMan::<SocketAddr>::seeded(5);
+    for g in 0..100u8 {
+        man.add([v4(30, g, 0, 1)], peer(40, g));
+    }
+    man.save(&path, &[]).expect("save");
+    let good = std::fs::read(&path).expect("read");
+
+    let cases: Vec<(Vec<u8>, fn(&PersistError) -> bool)> = vec![
+        (good[..good.len() / 2].to_vec(), |e| {
+            matches!(e, PersistError::Truncated)
+        }),
+        (Vec::new(), |e| matches!(e, PersistError::Foreign)),
+        (b"GIF89a, not ours at all".to_vec(), |e| {
+            matches!(e, PersistError::Foreign)
+        }),
+        (
+            {
+                let mut b = good.clone();
+                b[40] ^= 0x55;
+                b
+            },
+            |e| matches!(e, PersistError::Checksum),
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[8..12].copy_from_slice(&7u32.to_le_bytes());
+                b
+            },
+            |e| matches!(e, PersistError::Version(7)),
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b.push(0);
+                b
+            },
+            |e| matches!(e, PersistError::Corrupt(_)),
+        ),
+    ];
+    for (i, (bytes, expected)) in cases.into_iter().enumerate() {
+        std::fs::write(&path, &bytes).expect("write");
+        match AddrMan::<SocketAddr>::load(&path) {
+            Err(e) => assert!(expected(&e), "case {i}: {e:?}"),
+            Ok(_) => panic!("case {i} loaded"),
+        }
+        let (table, bans, err) = AddrMan::<SocketAddr>::load_or_new(&path);
+        assert!(
+            err.is_some() && table.is_empty() && bans.is_empty(),
+            "case {i}"
+        );
+        let aside = path.with_file_name("peers.dat.bad");
+        assert_eq!(
+            std::fs::read(&aside).expect("kept aside"),
+            bytes,
+            "case {i}"
+        );
+        assert!(!path.exists(), "case {i}: moved, not copied");
+    }
+    // Random garbage never panics.
+    let mut rng = fastrand::Rng::with_seed(9);
+    for n in 0..200 {
+        let mut bytes = good.clone();
+        for _ in 0..(n % 7 + 1) {
+            let i = rng.usize(..bytes.len());
+            bytes[i] = rng.u8(..);
+        }
+        std::fs::write(&path, &bytes).expect("write");
+        let _ = AddrMan::<SocketAddr>::load(&path);
+    }
+    let (empty, _, err) = AddrMan::<SocketAddr>::load_or_new(&path.with_file_name("missing.dat"));
+    assert!(
+        err.is_none() && empty.is_empty(),
+        "a missing file is a first start"
+    );
+}
+
+/// A save that is interrupted leaves the old file whole: the temporary
+/// file it writes first is never the file, and a failed save removes it.
+#[test]
+fn addrman_save_is_atomic() {
+    let path = temp_path("peers.dat");
+    let man = AddrMan::<SocketAddr>::seeded(6);
+    man.add([v4(30, 1, 0, 1)], Source::User);
+    man.save(&path, &[]).expect("first save");
+    let old = std::fs::read(&path).expect("read");
+
+    // A crash mid-write: a partial temporary file is left behind.
+    let tmp = path.with_file_name("peers.dat.tmp");
+    std::fs::write(&tmp, &old[..old.len() / 3]).expect("partial");
+    let (loaded, _) = AddrMan::<SocketAddr>::load(&path).expect("the old file is whole");
+    assert_eq!(loaded.len(), 1);
+
+    // A save that cannot write its temporary file fails and leaves the old
+    // file as it was.
+    std::fs::remove_file(&tmp).expect("rm");
+    std::fs::create_dir(&tmp).expect("a directory where the temp file goes");
+    man.add([v4(30, 2, 0, 1)], Source::User);
+    assert!(matches!(man.save(&path, &[]), Err(PersistError::Io(_))));
+    assert_eq!(std::fs::read(&path).expect("read"), old);
+    std::fs::remove_dir(&tmp).expect("rmdir");
+
+    // And a save that works replaces it whole.
+    man.save(&path, &[]).expect("save");
+    let (loaded, _) = AddrMan::<SocketAddr>::load(&path).expect("load");
+    assert_eq!(loaded.len(), 2);
+    assert!(!tmp.exists());
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Add(u8, u8, u8, u8),
+    Good(usize),
+    Attempt(usize, bool),
+    Resolve,
+    Select,
+    Connected(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u8..8, any::<u8>(), any::<u8>(), 0u8..4).prop_map(|(a, b, s, k)| Op::Add(a, b, s, k)),
+        2 => any::<usize>().prop_map(Op::Good),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Op::Attempt(i, c)),
+        1 => Just(Op::Resolve),
+        1 => Just(Op::Select),
+        1 => any::<usize>().prop_map(Op::Connected),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("CI").map_or(200, |_| 1000)
+    ))]
+
+    /// Core's `CheckAddrman` along any sequence of steps: places match
+    /// the keyed hash, counts agree, no address is in both tables, bounds
+    /// hold; and a save and load keeps them.
+    #[test]
+    fn addrman_invariants(seed in any::<u64>(), ops in prop::collection::vec(op(), 1..120)) {
+        let man = AddrMan::<SocketAddr>::seeded(seed);
+        let mut known: Vec<SocketAddr> = Vec::new();
+        let last = ops.len() - 1;
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Add(a, b, s, k) => {
+                    // Few groups and sources, so that places collide.
+                    let addr = v4(40 + a, b % 4, k, 1);
+                    man.add([addr], peer(90 + s % 3, 0));
+                    known.push(addr);
+                }
+                Op::Good(i) if !known.is_empty() => { man.good(&known[i % known.len()]); }
+                Op::Attempt(i, c) if !known.is_empty() => man.attempt(&known[i % known.len()], c),
+                Op::Connected(i) if !known.is_empty() => man.connected(&known[i % known.len()]),
+                Op::Resolve => man.resolve_collisions(),
+                Op::Select => { let _ = man.select(); }
+                _ => {}
+            }
+            // The full check scans all 81 920 places: every few steps, and
+            // at the end.
+            if step % 8 == 0 || step == last {
+                prop_assert_eq!(man.check(), Ok(()));
+            }
+            let s = man.stats();
+            prop_assert!(s.new + s.tried <= connmgr::addrman::MAX_ENTRIES);
+            prop_assert_eq!(s.new + s.tried, man.len());
+        }
+        let path = temp_path("p.dat");
+        man.save(&path, &[]).expect("save");
+        let (back, _) = AddrMan::<SocketAddr>::load(&path).expect("load");
+        prop_assert_eq!(back.check(), Ok(()));
+        prop_assert_eq!(back.len(), man.len());
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+}
