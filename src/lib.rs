@@ -109,6 +109,7 @@ pub mod policy;
 pub mod resolve;
 pub mod retry;
 pub mod seed;
+mod source;
 pub mod socks;
 pub mod stack;
 

@@ -34,19 +34,30 @@ mod file;
 mod table;
 
 use std::{
+    collections::HashSet,
     fmt,
     hash::Hash,
+    net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex, MutexGuard},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
+
+use futures_util::future::BoxFuture;
 
 use self::table::{AddError, Table};
 pub use self::{
     file::{AddrCodec, PersistError, VERSION},
     table::{BUCKET_SIZE, MAX_ENTRIES, NEW_BUCKETS, Source, TRIED_BUCKETS},
 };
-use crate::policy::{Ban, PeerAddr};
+use crate::{
+    policy::{Ban, Host, PeerAddr},
+    seed::DnsSeeder,
+    source::{AddressSource, Observer},
+};
+
+/// Default least time between two seedings.
+pub const DEFAULT_RESEED: Duration = Duration::from_secs(60);
 
 /// What the address manager has seen, since it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,9 +77,19 @@ pub struct AddrManStats {
     pub no_room: u64,
 }
 
+/// Seeds an address manager: each DNS seed's answers go in as they arrive.
+type SeedFn<A> = Arc<dyn Fn(AddrMan<A>) -> BoxFuture<'static, ()> + Send + Sync>;
+
 struct Inner<A> {
     table: Table<A>,
     stats: AddrManStats,
+    /// Addresses handed to the manager and not yet given back (failed,
+    /// disconnected, skipped): selection passes them over.
+    in_use: HashSet<A>,
+    seeder: Option<SeedFn<A>>,
+    /// The least time between two seedings.
+    reseed: Duration,
+    last_seed: Option<tokio::time::Instant>,
     /// Unix seconds at `base`, so that time follows tokio's clock (and
     /// pauses with it in tests) but is saved as wall time.
     wall: u64,
@@ -131,6 +152,10 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
             inner: Arc::new(Mutex::new(Inner {
                 table: Table::new(key, seed),
                 stats: AddrManStats::default(),
+                in_use: HashSet::new(),
+                seeder: None,
+                reseed: DEFAULT_RESEED,
+                last_seed: None,
                 wall: unix_now(),
                 base: tokio::time::Instant::now(),
             })),
@@ -257,6 +282,52 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
         }
     }
 
+    /// The least time between two seedings: when no usable address is left
+    /// (every one in use, refused or failing), the manager's source seeds
+    /// again, at most this often. Default is [`DEFAULT_RESEED`].
+    pub fn reseed_interval(self, interval: Duration) -> Self {
+        self.lock().reseed = interval;
+        self
+    }
+
+    /// Seeds now with the seeder, if there is one; returns how many
+    /// addresses took a place.
+    pub async fn seed(&self) -> usize {
+        let seeder = {
+            let mut inner = self.lock();
+            inner.last_seed = Some(tokio::time::Instant::now());
+            inner.seeder.clone()
+        };
+        let Some(seeder) = seeder else {
+            return 0;
+        };
+        let before = self.stats().added;
+        seeder(self.clone()).await;
+        (self.stats().added - before) as usize
+    }
+
+    fn seed_due(&self) -> bool {
+        let inner = self.lock();
+        inner.seeder.is_some() && inner.last_seed.is_none_or(|at| at.elapsed() >= inner.reseed)
+    }
+
+    /// The next address for the manager, not one in use; marked in use.
+    fn take(&self) -> Option<A> {
+        let mut inner = self.lock();
+        let now = inner.now();
+        let Inner { table, in_use, .. } = &mut *inner;
+        if now % 16 == 0 {
+            table.resolve_collisions(now);
+        }
+        let addr = table.select(false, now, |a| !in_use.contains(a))?;
+        in_use.insert(addr.clone());
+        Some(addr)
+    }
+
+    fn release(&self, addr: &A) {
+        self.lock().in_use.remove(addr);
+    }
+
     /// Checks every invariant of the tables (Core's `CheckAddrman`):
     /// bucket places match the keyed hash, counts agree, no address is in
     /// both tables, bounds hold.
@@ -266,6 +337,63 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
     /// The first broken invariant, described.
     pub fn check(&self) -> Result<(), String> {
         self.lock().table.check()
+    }
+}
+
+impl AddrMan<SocketAddr> {
+    /// Seeds from `seeder` when the table has nothing usable (at most once
+    /// per [`reseed_interval`](Self::reseed_interval)). Each DNS seed is a
+    /// source of its own ([`Source::Seed`]), and its answers go in as they
+    /// arrive: a silent seed delays no other.
+    pub fn seeder(self, seeder: DnsSeeder) -> Self {
+        let seeder = Arc::new(seeder);
+        let seed: SeedFn<SocketAddr> = Arc::new(move |man: AddrMan<SocketAddr>| {
+            let seeder = seeder.clone();
+            Box::pin(async move {
+                seeder
+                    .resolve_each(|name, addrs| {
+                        let added = man.add(addrs, Source::Seed(Host::name(name)));
+                        tracing::debug!(seed = name, added, "seed answered");
+                    })
+                    .await;
+            })
+        });
+        self.lock().seeder = Some(seed);
+        self
+    }
+}
+
+impl<A: PeerAddr + Clone + Eq + Hash + Send + Sync + 'static> AddressSource<A> for AddrMan<A> {
+    async fn next_address(&mut self) -> Option<A> {
+        if let Some(addr) = self.take() {
+            return Some(addr);
+        }
+        if self.seed_due() {
+            self.seed().await;
+            return self.take();
+        }
+        None
+    }
+}
+
+impl<A: PeerAddr + Clone + Eq + Hash + Send + Sync + 'static> Observer<A> for AddrMan<A> {
+    fn connected(&self, addr: &A) {
+        self.good(addr);
+        Self::connected(self, addr);
+    }
+
+    fn failed(&self, addr: &A) {
+        self.attempt(addr, true);
+        self.release(addr);
+    }
+
+    fn disconnected(&self, addr: &A) {
+        Self::connected(self, addr);
+        self.release(addr);
+    }
+
+    fn skipped(&self, addr: &A) {
+        self.release(addr);
     }
 }
 

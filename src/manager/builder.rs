@@ -10,12 +10,13 @@ use super::{
     config::*,
     events::Callbacks,
     fill::{self, FillTask},
-    traits::Observer,
 };
 use crate::{
+    source::Observer,
     Dialer,
     backoff::{Backoff, DEFAULT_JITTER, InvalidBackoff, JitterRng},
     policy::{Ban, Network, Permissions, Policy, state::Origin},
+    addrman::AddrMan,
     seed::AddressBook,
 };
 
@@ -29,6 +30,7 @@ pub struct Builder<A, D: Service<A>> {
     dialer: D,
     target_outbound: usize,
     retry_base: Duration,
+    throttle_wait: Option<Duration>,
     retry_cap: Duration,
     jitter: f64,
     rng: Option<JitterRng>,
@@ -98,6 +100,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             dialer,
             target_outbound: DEFAULT_TARGET_OUTBOUND,
             retry_base: DEFAULT_RETRY_BASE,
+            throttle_wait: None,
             retry_cap: DEFAULT_RETRY_CAP,
             jitter: DEFAULT_JITTER,
             rng: None,
@@ -117,6 +120,17 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         }
     }
 
+    /// Draws automatic peers from the address manager `addrman` (it
+    /// becomes the address source, see [`addrman`](crate::addrman)) and
+    /// teaches it every outcome: a connection moves its address to tried, a
+    /// failure counts against it, a candidate the policy refuses is given
+    /// back. When it has no usable address it seeds again, at a bounded
+    /// rate, if it has a seeder.
+    pub fn address_manager(mut self, addrman: AddrMan<A>) -> Self {
+        self.observer = Some(Arc::new(addrman.clone()));
+        self.address_source(addrman)
+    }
+
     /// The number of automatic outbound connections to keep. Explicit
     /// [`connect`](super::Handle::connect) requests come in addition. `0`
     /// means none. Default is 8.
@@ -126,9 +140,21 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     }
 
     /// The first retry delay of a permanent peer, doubled on each further
-    /// failure; also the wait of the failure throttle. Default is 5 seconds.
+    /// failure; also the wait of the failure throttle unless
+    /// [`throttle_wait`](Self::throttle_wait) is set. Default is 5 seconds.
     pub fn retry_base(mut self, base: Duration) -> Self {
         self.retry_base = base;
+        self
+    }
+
+    /// How long the fill task waits once the failure throttle is on (after
+    /// [`max_failures`](Self::max_failures) failed automatic attempts in a
+    /// row), when the source has no address, or when it offers only
+    /// candidates the policy refuses. Default is the retry base: set it
+    /// apart to retry permanent peers at one pace and rest a dead network at
+    /// another.
+    pub fn throttle_wait(mut self, wait: Duration) -> Self {
+        self.throttle_wait = Some(wait);
         self
     }
 
@@ -336,6 +362,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         Ok(Config {
             dialer: self.dialer,
             target_outbound: self.target_outbound,
+            throttle_wait: self.throttle_wait.unwrap_or(self.retry_base),
             backoff,
             stable_period: self.stable_period,
             max_failures: self.max_failures,

@@ -39,6 +39,7 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) dialer: D,
     pub(crate) target_outbound: usize,
+    pub(crate) throttle_wait: std::time::Duration,
     pub(crate) backoff: Backoff,
     pub(crate) stable_period: Duration,
     pub(crate) max_failures: u32,
@@ -49,7 +50,7 @@ pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) inbound_addr: Option<fn(SocketAddr) -> A>,
     pub(crate) max_inbound: Option<usize>,
     pub(crate) policy: Policy,
-    pub(crate) observer: Option<std::sync::Arc<dyn super::traits::Observer<A>>>,
+    pub(crate) observer: Option<std::sync::Arc<dyn crate::source::Observer<A>>>,
     pub(crate) bans: Vec<Ban>,
     pub(crate) callback_queue: usize,
     pub(crate) stop_grace: Duration,

@@ -39,7 +39,7 @@ use super::{
 use crate::limit::OutboundLimit;
 
 /// How many candidates in a row the policy may skip before the fill task
-/// waits the retry base.
+/// waits the throttle wait.
 const SKIPS_PER_ROUND: u64 = 32;
 
 /// How many drop notices the task passes on at once.
@@ -51,7 +51,7 @@ pub(crate) struct Fill<A, D: Service<A>> {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) tx: mpsc::Sender<AutoDial<A, OutboundLimit<D>>>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) retry_base: Duration,
+    pub(crate) throttle_wait: Duration,
     pub(crate) max_failures: u32,
 }
 
@@ -109,9 +109,9 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
             match ready {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, wait = ?self.retry_base, "dial stack not ready");
+                    tracing::warn!(%error, wait = ?self.throttle_wait, "dial stack not ready");
                     self.shared.attempt_ended(false);
-                    tokio::time::sleep(self.retry_base).await;
+                    tokio::time::sleep(self.throttle_wait).await;
                     continue;
                 }
                 Err(_) => {
@@ -127,17 +127,17 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
             if self.shared.skips_in_a_row() >= SKIPS_PER_ROUND {
                 self.shared.reset_skips();
                 self.shared.throttled();
-                tracing::debug!(wait = ?self.retry_base, "only skipped candidates: waiting");
-                tokio::time::sleep(self.retry_base).await;
+                tracing::debug!(wait = ?self.throttle_wait, "only skipped candidates: waiting");
+                tokio::time::sleep(self.throttle_wait).await;
             }
             if self.shared.consecutive_failures() >= u64::from(self.max_failures) {
                 self.shared.throttled();
                 tracing::debug!(
                     failures = self.shared.consecutive_failures(),
-                    wait = ?self.retry_base,
+                    wait = ?self.throttle_wait,
                     "failure throttle: waiting before the next automatic dial"
                 );
-                tokio::time::sleep(self.retry_base).await;
+                tokio::time::sleep(self.throttle_wait).await;
             }
             let addr = match AssertUnwindSafe(async { source.next_address().await })
                 .catch_unwind()
@@ -145,12 +145,12 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
             {
                 Ok(Some(addr)) => addr,
                 Ok(None) => {
-                    tracing::debug!(wait = ?self.retry_base, "address source has no address");
+                    tracing::debug!(wait = ?self.throttle_wait, "address source has no address");
                     self.shared.no_address();
                     // One wait before the next ask: this one, or the
                     // throttle's at the top of the loop.
                     if self.shared.consecutive_failures() < u64::from(self.max_failures) {
-                        tokio::time::sleep(self.retry_base).await;
+                        tokio::time::sleep(self.throttle_wait).await;
                     }
                     continue;
                 }

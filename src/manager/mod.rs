@@ -184,6 +184,7 @@ mod types;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use self::counters::names as metric_names;
+pub use crate::source::AddressSource;
 pub use self::{
     builder::{Builder, ConfigError, ListenerOptions},
     config::{
@@ -194,7 +195,7 @@ pub use self::{
     connection::{ConnInfo, Connection},
     error::{Error, Panicked, Points},
     handle::{Handle, WeakHandle},
-    traits::{Address, AddressSource, DialService},
+    traits::{Address, DialService},
     types::{
         ConnId, ConnKind, ConnState, Counters, DialFailure, Direction, DisconnectReason,
         Disconnected, Entry, Refusals, Report, Snapshot,

@@ -12,7 +12,10 @@ use std::{
 use tokio::time::Instant;
 
 use super::DnsSeeder;
-use crate::{manager::AddressSource, policy::NetGroup};
+use crate::{
+    policy::NetGroup,
+    source::{AddressSource, Observer},
+};
 
 /// The default most addresses a book keeps.
 pub const DEFAULT_CAPACITY: usize = 20_000;
@@ -324,5 +327,19 @@ impl AddressSource<SocketAddr> for AddressBook {
             return self.pick();
         }
         None
+    }
+}
+
+impl Observer<SocketAddr> for AddressBook {
+    fn connected(&self, addr: &SocketAddr) {
+        Self::connected(self, addr);
+    }
+
+    fn failed(&self, addr: &SocketAddr) {
+        Self::failed(self, addr);
+    }
+
+    fn disconnected(&self, addr: &SocketAddr) {
+        Self::disconnected(self, addr);
     }
 }

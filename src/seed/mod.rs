@@ -122,6 +122,45 @@ impl DnsSeeder {
             .collect()
     }
 
+    /// Resolves every seed at once, each within the time limit, and hands
+    /// each seed's addresses to `found` as soon as that seed answers: a
+    /// silent seed delays no other. Dropping the future cancels them all.
+    pub async fn resolve_each(&self, mut found: impl FnMut(&str, Vec<SocketAddr>)) {
+        use futures_util::StreamExt;
+        let mut lookups: futures_util::stream::FuturesUnordered<_> = self
+            .names()
+            .into_iter()
+            .map(|name| {
+                let resolver = self.resolver.clone();
+                let limit = self.timeout;
+                async move {
+                    let result = match Name::new(name.clone()) {
+                        Ok(n) => match tokio::time::timeout(limit, resolver.oneshot(n)).await {
+                            Ok(result) => result,
+                            Err(e) => Err(ResolveError::new(
+                                ResolveErrorKind::Timeout,
+                                &name,
+                                Some(e.into()),
+                            )),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    (name, result)
+                }
+            })
+            .collect();
+        while let Some((name, result)) = lookups.next().await {
+            match result {
+                Ok(ips) => {
+                    tracing::debug!(seed = %name, found = ips.len(), "seed resolved");
+                    let addrs = ips.into_iter().map(|ip| SocketAddr::new(ip, self.port));
+                    found(&name, addrs.collect());
+                }
+                Err(error) => tracing::warn!(seed = %name, %error, "seed failed"),
+            }
+        }
+    }
+
     /// Resolves every seed at once, each within the time limit. Dropping
     /// the future cancels them all.
     pub async fn resolve(&self) -> Seeded {

@@ -145,6 +145,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             // dropping the ready stack frees its permit for the next one.
             tracing::debug!(%addr, %why, "automatic candidate skipped");
             self.shared.skipped(why);
+            if let Some(o) = &self.observer {
+                o.skipped(&addr);
+            }
             return;
         }
         self.shared.candidate_taken();

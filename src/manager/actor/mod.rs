@@ -32,9 +32,9 @@ use super::{
     events::{self, Outbox},
     fill::{Fill, Relay},
     message::{Accepted, AutoDial, Command, Dialed, Dropped},
-    traits::Observer,
 };
 use crate::{
+    source::Observer,
     backoff::Backoff,
     limit::OutboundLimit,
     policy::{BanScore, state::Place, state::PolicyState},
@@ -186,7 +186,7 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
                     permits: Arc::new(Semaphore::new(config.target_outbound)),
                     tx,
                     shared: shared.clone(),
-                    retry_base: config.backoff.base(),
+                    throttle_wait: config.throttle_wait,
                     max_failures: config.max_failures,
                 },
                 relay,
