@@ -109,8 +109,8 @@ pub mod policy;
 pub mod resolve;
 pub mod retry;
 pub mod seed;
-mod source;
 pub mod socks;
+mod source;
 pub mod stack;
 
 pub use stack::{DialStack, Dialer};

@@ -8,11 +8,22 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+mod support;
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
 use connmgr::{
     addrman::{AddrMan, PersistError, Source},
+    manager::{Builder, ConnManager},
     policy::{Ban, Host, Subnet},
+    resolve::{Addrs, Name, ResolveError},
+    seed::DnsSeeder,
 };
 use proptest::prelude::*;
+use support::{HoldingPeer, until_async};
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 8333)
@@ -326,4 +337,202 @@ proptest! {
         prop_assert_eq!(back.len(), man.len());
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
+}
+
+// ===== with the manager =====
+
+/// An `on_connection` that keeps every connection open.
+fn keep<IO: Send + 'static>() -> (
+    Arc<Mutex<Vec<connmgr::manager::Connection<IO>>>>,
+    impl Fn(connmgr::manager::Connection<IO>) + Send + Sync + 'static,
+) {
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    (held, move |c| h.lock().expect("held").push(c))
+}
+
+/// Listeners on 127.9.0.1..=n, all on one port (a DNS seed gives IPs, and
+/// the port is the network's).
+async fn same_port_peers(n: u8) -> (u16, Vec<tokio::net::TcpListener>) {
+    'retry: for _ in 0..20 {
+        let first = tokio::net::TcpListener::bind((Ipv4Addr::new(127, 9, 0, 1), 0))
+            .await
+            .expect("bind");
+        let port = first.local_addr().expect("addr").port();
+        let mut all = vec![first];
+        for i in 2..=n {
+            match tokio::net::TcpListener::bind((Ipv4Addr::new(127, 9, 0, i), port)).await {
+                Ok(l) => all.push(l),
+                Err(_) => continue 'retry,
+            }
+        }
+        return (port, all);
+    }
+    panic!("no common free port");
+}
+
+/// Accepts and holds connections on each listener.
+fn hold(listeners: Vec<tokio::net::TcpListener>) -> Arc<AtomicUsize> {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    for l in listeners {
+        let a = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+    }
+    accepted
+}
+
+/// A resolver that answers `name` with `ips` (counting questions) and
+/// never answers any other name.
+fn resolver(
+    name: &'static str,
+    ips: Vec<IpAddr>,
+    asked: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Name,
+    Response = Addrs,
+    Error = ResolveError,
+    Future = futures_util::future::BoxFuture<'static, Result<Addrs, ResolveError>>,
+> + Clone
++ Send
++ Sync
++ 'static {
+    tower::service_fn(move |n: Name| {
+        let (ips, asked) = (ips.clone(), asked.clone());
+        let fut: futures_util::future::BoxFuture<'static, Result<Addrs, ResolveError>> =
+            if n.as_str() == name {
+                Box::pin(async move {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    Ok(ips)
+                })
+            } else {
+                Box::pin(std::future::pending())
+            };
+        fut
+    })
+}
+
+/// When every address of the table is in use, the source seeds again (at
+/// most once per reseed interval), and the new addresses fill the target.
+#[tokio::test(start_paused = true)]
+async fn addrman_reseeds_when_every_address_in_use() {
+    let (port, listeners) = same_port_peers(4).await;
+    let accepted = hold(listeners);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let ips: Vec<IpAddr> = (2..=4)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 9, 0, i)))
+        .collect();
+    let seeder = DnsSeeder::new(resolver("seed.test", ips, asked.clone()))
+        .seeds(["seed.test"])
+        .port(port);
+    let man = AddrMan::<SocketAddr>::seeded(7)
+        .admit_local(true)
+        .seeder(seeder)
+        .reseed_interval(Duration::from_secs(60));
+    // One address known, already: the seeding is what fills the rest.
+    man.add(
+        [SocketAddr::from((Ipv4Addr::new(127, 9, 0, 1), port))],
+        Source::User,
+    );
+    let (_held, on_connection) = keep();
+    let handle = ConnManager::builder()
+        .target_outbound(4)
+        .address_manager(man.clone())
+        .on_connection(on_connection)
+        .start()
+        .expect("start");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "asked {}, {:?}, {:?}",
+        asked.load(Ordering::SeqCst),
+        man.stats(),
+        handle.counters()
+    );
+    assert!(asked.load(Ordering::SeqCst) >= 1);
+    // Everything is in use now: seedings stay at one a minute.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let n = asked.load(Ordering::SeqCst);
+    assert!(n <= 12, "{n} seedings in 10 minutes");
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    handle.stop().await;
+}
+
+/// A DNS seed's answers go into the table as soon as it answers: a seed
+/// that never answers delays no other.
+#[tokio::test(start_paused = true)]
+async fn dns_seed_answers_added_as_they_arrive() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let fast = IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8));
+    let seeder = DnsSeeder::new(resolver("fast.test", vec![fast], asked))
+        .seeds(["slow.test", "fast.test"])
+        .timeout(Duration::from_secs(15));
+    let man = AddrMan::<SocketAddr>::seeded(8).seeder(seeder);
+    let m = man.clone();
+    let seeding = tokio::spawn(async move { m.seed().await });
+    until_async("the fast seed's answer is in", || async {
+        tokio::task::yield_now().await;
+        man.contains(&SocketAddr::new(fast, 8333))
+    })
+    .await;
+    assert!(!seeding.is_finished(), "the slow seed is still out");
+    assert_eq!(seeding.await.expect("seeded"), 1);
+}
+
+/// 95 % of the new table unreachable, the honest addresses in tried: the
+/// target still fills (at least 6 of 8 within 60 s) with the failure
+/// throttle on; and a table where everything is dead is not hammered.
+#[tokio::test(start_paused = true)]
+async fn poisoned_table_still_fills() {
+    let honest = HoldingPeer::start_many(8).await;
+    let dead = support::refused_addrs(160).await;
+    let man = AddrMan::<SocketAddr>::seeded(9).admit_local(true);
+    man.add(honest.addrs.iter().copied(), Source::User);
+    for a in &honest.addrs {
+        man.good(a);
+    }
+    man.add(
+        dead.iter().copied(),
+        Source::Peer(Host::ip(IpAddr::V4(Ipv4Addr::new(6, 6, 6, 6)))),
+    );
+    assert!(man.stats().tried >= 7, "{:?}", man.stats());
+    let (_held, on_connection) = keep();
+    let handle = ConnManager::builder()
+        .target_outbound(8)
+        .address_manager(man.clone())
+        .on_connection(on_connection)
+        .start()
+        .expect("start");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let up = honest.accepted();
+    assert!(
+        up >= 6,
+        "{up} of 8 honest connections in 60 s; {:?}",
+        handle.counters()
+    );
+    handle.stop().await;
+
+    // Everything dead: the throttle rests it.
+    let dead_only = AddrMan::<SocketAddr>::seeded(10).admit_local(true);
+    dead_only.add(dead.iter().copied(), Source::User);
+    let handle = Builder::<SocketAddr, _>::new(connmgr::Dialer::new())
+        .target_outbound(8)
+        .throttle_wait(Duration::from_secs(10))
+        .address_manager(dead_only)
+        .start()
+        .expect("start");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let dials = handle.counters().dials;
+    // 25 failures start the throttle, then about one dial per wait.
+    assert!(
+        dials <= 25 + 8 + 6 + 8,
+        "{dials} dials in 60 s to a dead table"
+    );
+    handle.stop().await;
 }

@@ -308,7 +308,10 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
 
     fn seed_due(&self) -> bool {
         let inner = self.lock();
-        inner.seeder.is_some() && inner.last_seed.is_none_or(|at| at.elapsed() >= inner.reseed)
+        inner.seeder.is_some()
+            && inner
+                .last_seed
+                .is_none_or(|at| at.elapsed() >= inner.reseed)
     }
 
     /// The next address for the manager, not one in use; marked in use.
@@ -347,7 +350,7 @@ impl AddrMan<SocketAddr> {
     /// arrive: a silent seed delays no other.
     pub fn seeder(self, seeder: DnsSeeder) -> Self {
         let seeder = Arc::new(seeder);
-        let seed: SeedFn<SocketAddr> = Arc::new(move |man: AddrMan<SocketAddr>| {
+        let seed: SeedFn<SocketAddr> = Arc::new(move |man: Self| {
             let seeder = seeder.clone();
             Box::pin(async move {
                 seeder

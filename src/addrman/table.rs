@@ -563,11 +563,36 @@ impl<A: PeerAddr + Clone + Eq + Hash> Table<A> {
             return None;
         }
         let use_tried = !new_only && self.n_tried > 0 && (self.n_new == 0 || self.rng.bool());
-        let (table, counts, buckets) = if use_tried {
-            (&self.tried, &self.tried_count[..], TRIED_BUCKETS)
+        // The table chosen first; the other when nothing usable is found
+        // there (Core has no filter, so it needs no second look).
+        let order = if new_only {
+            [false, false]
         } else {
-            (&self.new, &self.new_count[..], NEW_BUCKETS)
+            [use_tried, !use_tried]
         };
+        let tables = if new_only { &order[..1] } else { &order[..] };
+        for &tried in tables {
+            if let Some(addr) = self.select_in(tried, now, &usable) {
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    fn select_in(&mut self, tried: bool, now: u64, usable: &impl Fn(&A) -> bool) -> Option<A> {
+        let (table, counts, buckets, n) = if tried {
+            (
+                &self.tried,
+                &self.tried_count[..],
+                TRIED_BUCKETS,
+                self.n_tried,
+            )
+        } else {
+            (&self.new, &self.new_count[..], NEW_BUCKETS, self.n_new)
+        };
+        if n == 0 {
+            return None;
+        }
         let mut factor = 1.0f64;
         // Bounded: a table whose every entry is unusable gives up.
         for _ in 0..(4 * buckets + 256) {

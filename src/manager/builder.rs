@@ -12,12 +12,12 @@ use super::{
     fill::{self, FillTask},
 };
 use crate::{
-    source::Observer,
     Dialer,
+    addrman::AddrMan,
     backoff::{Backoff, DEFAULT_JITTER, InvalidBackoff, JitterRng},
     policy::{Ban, Network, Permissions, Policy, state::Origin},
-    addrman::AddrMan,
     seed::AddressBook,
+    source::Observer,
 };
 
 /// Configures and starts a connection manager.

@@ -184,7 +184,6 @@ mod types;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use self::counters::names as metric_names;
-pub use crate::source::AddressSource;
 pub use self::{
     builder::{Builder, ConfigError, ListenerOptions},
     config::{
@@ -201,6 +200,7 @@ pub use self::{
         Disconnected, Entry, Refusals, Report, Snapshot,
     },
 };
+pub use crate::source::AddressSource;
 
 use std::net::SocketAddr;
 

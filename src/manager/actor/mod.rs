@@ -34,10 +34,10 @@ use super::{
     message::{Accepted, AutoDial, Command, Dialed, Dropped},
 };
 use crate::{
-    source::Observer,
     backoff::Backoff,
     limit::OutboundLimit,
     policy::{BanScore, state::Place, state::PolicyState},
+    source::Observer,
 };
 
 mod lifecycle;
