@@ -24,7 +24,10 @@ fn addr(i: u32) -> SocketAddr {
     // Spread over many /16s, away from unroutable ranges.
     let n = i.wrapping_mul(2_654_435_761);
     let a = 1 + (n >> 24) % 100;
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::from((a << 24) | (n & 0x00ff_ffff))), 8333)
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::from((a << 24) | (n & 0x00ff_ffff))),
+        8333,
+    )
 }
 
 fn source(i: u32) -> Source {
