@@ -536,3 +536,57 @@ async fn poisoned_table_still_fills() {
     );
     handle.stop().await;
 }
+
+/// The manager saves its address manager and bans at the interval and on
+/// stop; the next start loads them and dials from the table before it
+/// seeds.
+#[tokio::test(start_paused = true)]
+async fn addrman_manager_saves_on_stop_and_interval() {
+    let path = temp_path("peers.dat");
+    let peer = HoldingPeer::start().await;
+    let man = AddrMan::<SocketAddr>::seeded(11).admit_local(true);
+    man.add([peer.addr], Source::User);
+    let (_held, on_connection) = keep();
+    let handle = ConnManager::builder()
+        .target_outbound(1)
+        .address_manager(man)
+        .save_to(&path, Duration::from_secs(60))
+        .on_connection(on_connection)
+        .start()
+        .expect("start");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    until_async("saved at the interval", || async {
+        tokio::task::yield_now().await;
+        path.exists()
+    })
+    .await;
+    handle
+        .ban(
+            "203.0.113.0/24".parse().expect("subnet"),
+            Duration::from_secs(3600),
+            "x",
+        )
+        .await
+        .expect("ban");
+    handle.stop().await;
+    let (back, bans, err) = AddrMan::<SocketAddr>::load_or_new(&path);
+    assert!(err.is_none(), "{err:?}");
+    assert!(back.is_tried(&peer.addr), "the good address is in tried");
+    assert_eq!(bans.len(), 1);
+
+    // The next start dials from the file (no seeder here at all).
+    let (_held, on_connection) = keep();
+    let handle = ConnManager::builder()
+        .target_outbound(1)
+        .address_manager(back.admit_local(true))
+        .bans(bans)
+        .on_connection(on_connection)
+        .start()
+        .expect("start");
+    until_async("dialled from the saved table", || async {
+        tokio::task::yield_now().await;
+        peer.accepted() == 2
+    })
+    .await;
+    handle.stop().await;
+}

@@ -594,8 +594,11 @@ impl<A: PeerAddr + Clone + Eq + Hash> Table<A> {
             return None;
         }
         let mut factor = 1.0f64;
-        // Bounded: a table whose every entry is unusable gives up.
-        for _ in 0..(4 * buckets + 256) {
+        // Bounded: a table whose every entry is unusable gives up. The bar
+        // falls by 1.2 a miss, so after 64 usable entries any is taken
+        // (the least chance is 0.01 × 0.66^8 ≈ 3.6e-4 and 1.2^64 ≈ 1.2e5).
+        let mut found = 0;
+        for _ in 0..(64 * buckets) {
             let bucket = self.rng.usize(..buckets);
             if counts[bucket] == 0 {
                 continue;
@@ -608,6 +611,10 @@ impl<A: PeerAddr + Clone + Eq + Hash> Table<A> {
                 continue;
             };
             if !usable(&info.addr) {
+                found += 1;
+                if found > 64 * BUCKET_SIZE {
+                    return None;
+                }
                 continue;
             }
             if self.rng.f64() < factor * info.chance(now) {

@@ -1,6 +1,8 @@
 //! The builder: options, checked into a [`Config`] by `start`.
 
-use std::{error::Error as StdError, fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    error::Error as StdError, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
+};
 
 use tokio::net::{TcpListener, TcpStream};
 use tower::Service;
@@ -10,10 +12,11 @@ use super::{
     config::*,
     events::Callbacks,
     fill::{self, FillTask},
+    persist::Persist,
 };
 use crate::{
     Dialer,
-    addrman::AddrMan,
+    addrman::{AddrCodec, AddrMan},
     backoff::{Backoff, DEFAULT_JITTER, InvalidBackoff, JitterRng},
     policy::{Ban, Network, Permissions, Policy, state::Origin},
     seed::AddressBook,
@@ -38,6 +41,8 @@ pub struct Builder<A, D: Service<A>> {
     max_failures: u32,
     connect_timeout: Option<Duration>,
     fill: Option<FillTask<A, D>>,
+    addrman: Option<AddrMan<A>>,
+    persist: Option<Persist<A>>,
     listeners: Vec<(TcpListener, Origin)>,
     inbound_addr: Option<fn(SocketAddr) -> A>,
     max_inbound: Option<usize>,
@@ -108,6 +113,8 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             max_failures: DEFAULT_MAX_FAILURES,
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             fill: None,
+            addrman: None,
+            persist: None,
             listeners: Vec::new(),
             inbound_addr: None,
             max_inbound: Some(DEFAULT_MAX_INBOUND),
@@ -128,7 +135,25 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     /// rate, if it has a seeder.
     pub fn address_manager(mut self, addrman: AddrMan<A>) -> Self {
         self.observer = Some(Arc::new(addrman.clone()));
+        self.addrman = Some(addrman.clone());
         self.address_source(addrman)
+    }
+
+    /// Saves the [address manager](Self::address_manager) and the bans to
+    /// `path` on [`stop`](super::Handle::stop) and every `interval`
+    /// (atomically, off the manager task). Load it at the next start with
+    /// [`AddrMan::load_or_new`] and give the bans to [`bans`](Self::bans).
+    /// Without an address manager, nothing is saved.
+    pub fn save_to(mut self, path: impl Into<PathBuf>, interval: Duration) -> Self
+    where
+        A: AddrCodec,
+    {
+        self.persist = Some(Persist {
+            path: path.into(),
+            interval,
+            save: |man, path, bans| man.save(path, bans),
+        });
+        self
     }
 
     /// The number of automatic outbound connections to keep. Explicit
@@ -368,6 +393,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             max_failures: self.max_failures,
             connect_timeout: self.connect_timeout,
             fill: self.fill,
+            persist: self.persist.zip(self.addrman),
             listeners: self.listeners,
             inbound_addr: self.inbound_addr,
             max_inbound: self.max_inbound,

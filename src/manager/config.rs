@@ -45,6 +45,7 @@ pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) max_failures: u32,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) fill: Option<FillTask<A, D>>,
+    pub(crate) persist: Option<(super::persist::Persist<A>, crate::addrman::AddrMan<A>)>,
     pub(crate) listeners: Vec<(TcpListener, Origin)>,
     /// How an inbound peer's address becomes an `A` (set with a listener).
     pub(crate) inbound_addr: Option<fn(SocketAddr) -> A>,

@@ -178,6 +178,7 @@ mod events;
 mod fill;
 mod handle;
 mod message;
+mod persist;
 mod traits;
 mod types;
 

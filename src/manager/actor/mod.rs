@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 use tracing::Span;
 
+use super::persist::Persist;
 use super::{
     Address, ConnId, ConnInfo, ConnState, DialService, DisconnectReason, Entry, Error, Handle,
     Snapshot, accept,
@@ -34,6 +35,7 @@ use super::{
     message::{Accepted, AutoDial, Command, Dialed, Dropped},
 };
 use crate::{
+    addrman::AddrMan,
     backoff::Backoff,
     limit::OutboundLimit,
     policy::{BanScore, state::Place, state::PolicyState},
@@ -136,6 +138,8 @@ pub(crate) struct Actor<A, D: Service<A>> {
     callbacks: JoinHandle<()>,
     /// Set when stop's grace period is over: no callback starts after it.
     abandoned: Arc<AtomicBool>,
+    /// The address manager to save, where, and its timer.
+    persist: Option<(Persist<A>, AddrMan<A>, tokio::time::Interval)>,
 }
 
 /// Starts the manager's tasks on `rt` and returns the first handle.
@@ -235,6 +239,11 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         tasks,
         callbacks,
         abandoned,
+        persist: config.persist.map(|(p, man)| {
+            let mut every = tokio::time::interval_at(Instant::now() + p.interval, p.interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (p, man, every)
+        }),
     };
     rt.spawn(actor.run());
     Handle::new(commands_tx, shared)
@@ -273,6 +282,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                     self.on_retry_due(id);
                 }
                 () = self.outbox.room(), if behind => self.outbox.flush(),
+                _ = tick(&mut self.persist), if self.persist.is_some() => {
+                    self.save_now();
+                }
                 // No new automatic dial while the callbacks are behind.
                 n = recv_many(&mut self.auto, &mut autos), if !behind => {
                     if n == 0 {
@@ -293,6 +305,22 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         self.stop(close.unwrap_or(false)).await;
         if let Some(reply) = reply {
             let _ = reply.send(());
+        }
+    }
+
+    /// Saves the address manager and the bans, off this task.
+    fn save_now(&self) {
+        if let Some((persist, man, _)) = &self.persist {
+            let bans = self.peers.bans(Instant::now());
+            let (persist, man) = (
+                Persist {
+                    path: persist.path.clone(),
+                    interval: persist.interval,
+                    save: persist.save,
+                },
+                man.clone(),
+            );
+            tokio::spawn(async move { super::persist::save(&persist, &man, bans).await });
         }
     }
 
@@ -392,6 +420,16 @@ impl<A: Address> Slot<A> {
             network: peer.network,
             permissions,
         }
+    }
+}
+
+/// The next tick of the save timer; pending for ever without one.
+async fn tick<A>(persist: &mut Option<(Persist<A>, AddrMan<A>, tokio::time::Interval)>) {
+    match persist {
+        Some((_, _, every)) => {
+            every.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

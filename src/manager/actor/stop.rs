@@ -39,6 +39,11 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 self.connection_ended(id, DisconnectReason::Stop);
             }
         }
+        // The table and the bans, as they are at the end.
+        if let Some((persist, man, _)) = &self.persist {
+            let bans = self.peers.bans(Instant::now());
+            crate::manager::persist::save(persist, man, bans).await;
+        }
         let deadline = Instant::now() + self.stop_grace;
         let Self {
             commands,
