@@ -1,15 +1,18 @@
 //! A connection manager keeping a small local network connected, starting
-//! from DNS seeds.
+//! from DNS seeds the first time and from its saved address table after.
 //!
 //! Starts a dozen loopback "peers" on 127.0.1.1 to 127.0.1.12, one port
 //! (some accept and hold, some refuse, some accept and drop after a few
 //! seconds) and a DNS server on loopback whose two seed names answer with
-//! their addresses. The manager seeds its address book from those names
-//! (through hickory-resolver, asking that server), keeps a target of 8
+//! their addresses. The manager draws from an address manager
+//! (`connmgr::addrman`, local addresses admitted since all of this is on
+//! loopback), which seeds from those names (through hickory-resolver, asking
+//! that server) only when it has nothing usable. It keeps a target of 8
 //! automatic connections plus 2 permanent peers, one of which is down for
 //! the first seconds. Every second it shows the state map and the counters.
-//! It stops by itself after 20 seconds (or on Ctrl-C) and prints a one-line
-//! summary.
+//! It stops by itself after 20 seconds (or on Ctrl-C), saves its table (in
+//! the system's temporary directory) and prints a summary. Run it again: it
+//! starts from the saved table, says so, and dials before it seeds.
 //!
 //! Run with:
 //!
@@ -31,10 +34,11 @@ use std::{
 };
 
 use connmgr::{
+    addrman::AddrMan,
     backoff::JitterRng,
     manager::{ConnManager, ConnState, Snapshot},
     resolve::HickoryResolver,
-    seed::{AddressBook, DnsSeeder},
+    seed::DnsSeeder,
 };
 use tokio::{
     io::AsyncReadExt,
@@ -55,8 +59,12 @@ async fn main() -> Result<(), connmgr::BoxError> {
         .transpose()?
         .map_or(Duration::from_secs(20), Duration::from_secs);
 
-    // The local network: one port, one address per peer.
-    let port = TcpListener::bind("127.0.1.1:0").await?.local_addr()?.port();
+    // The local network: one port, one address per peer. The same port
+    // each run, when it is free, so that a saved table still points at it.
+    let port = match TcpListener::bind("127.0.1.1:28333").await {
+        Ok(_) => 28333,
+        Err(_) => TcpListener::bind("127.0.1.1:0").await?.local_addr()?.port(),
+    };
     let peer = |host: u8| SocketAddr::from(([127, 0, 1, host], port));
     for host in 1..=6 {
         holding_peer(peer(host)).await?;
@@ -91,7 +99,26 @@ async fn main() -> Result<(), connmgr::BoxError> {
     let seeder = DnsSeeder::new(HickoryResolver::new(&[dns.addr], Duration::from_secs(2)))
         .seeds(["seed-a.connmgr.test", "seed-b.connmgr.test"])
         .port(port);
-    let book = AddressBook::new().seeder(seeder);
+    let file = std::env::temp_dir().join("connmgr-example-peers.dat");
+    let (table, bans, error) = AddrMan::load_or_new(&file);
+    if let Some(error) = error {
+        println!("the saved table was unusable ({error}); starting empty");
+    }
+    let saved = table.stats();
+    if table.is_empty() {
+        println!(
+            "no saved table at {}: seeding from DNS first",
+            file.display()
+        );
+    } else {
+        println!(
+            "starting from {} saved addresses ({} tried) in {}: dialling them before seeding",
+            table.len(),
+            saved.tried,
+            file.display()
+        );
+    }
+    let table = table.admit_local(true).seeder(seeder);
 
     let rng = JitterRng::seeded(7);
     let events = Arc::new(AtomicU64::new(0));
@@ -104,7 +131,9 @@ async fn main() -> Result<(), connmgr::BoxError> {
         .max_failures(5)
         .connect_timeout(Some(Duration::from_secs(2)))
         .rng(rng)
-        .address_book(book.clone())
+        .address_manager(table.clone())
+        .bans(bans)
+        .save_to(&file, Duration::from_secs(60))
         .on_connection(move |mut conn| {
             on_conn.fetch_add(1, Ordering::Relaxed);
             // The "peer protocol": read until the peer hangs up.
@@ -137,13 +166,13 @@ async fn main() -> Result<(), connmgr::BoxError> {
     let stop_started = Instant::now();
     handle.stop().await;
     let c = last.counters;
-    let b = book.stats();
+    let t = table.stats();
     println!(
-        "seeded {} addresses from {} seedings ({} seed failures); the book dropped {} after repeated failures",
-        b.len + b.dropped as usize,
-        b.seedings,
-        b.seed_failures,
-        b.dropped
+        "table: {} new, {} tried, {} seedings this run; saved to {}",
+        t.new,
+        t.tried,
+        t.seedings,
+        file.display()
     );
     println!(
         "done in {:.1}s: {} established now ({} automatic), {} dials, {} failures, {} throttled waits, {} callbacks; stop took {:?}",

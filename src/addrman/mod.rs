@@ -75,6 +75,8 @@ pub struct AddrManStats {
     pub known: u64,
     /// Addresses refused because their place was held by a better one.
     pub no_room: u64,
+    /// Seedings run.
+    pub seedings: u64,
 }
 
 /// Seeds an address manager: each DNS seed's answers go in as they arrive.
@@ -296,6 +298,9 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
         let seeder = {
             let mut inner = self.lock();
             inner.last_seed = Some(tokio::time::Instant::now());
+            if inner.seeder.is_some() {
+                inner.stats.seedings += 1;
+            }
             inner.seeder.clone()
         };
         let Some(seeder) = seeder else {
