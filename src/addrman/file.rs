@@ -12,6 +12,9 @@
 //!     time, last_try, last_success    3 × u64 LE, unix seconds
 //!     attempts u32 LE
 //!     tried    u8 (0 or 1)
+//!     buckets  u8 count (0 for tried, 1 to 8 for new), then each u16 LE:
+//!              the new buckets that hold it (its place in each follows
+//!              from the key, so a load puts every entry back exactly)
 //!   bans     u32 LE count, then each:
 //!     subnet   u16 LE length + UTF-8 text (`Subnet`'s `Display`)
 //!     until    u64 LE unix seconds
@@ -243,6 +246,11 @@ pub(crate) fn encode<'a, A: AddrCodec + 'a>(
         }
         body.extend_from_slice(&e.attempts.to_le_bytes());
         body.push(u8::from(e.tried));
+        let held = &e.buckets[..usize::from(e.refs).min(e.buckets.len())];
+        body.push(held.len() as u8);
+        for b in held {
+            body.extend_from_slice(&b.to_le_bytes());
+        }
         n += 1;
     }
     body[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
@@ -315,6 +323,17 @@ pub(crate) fn decode<A: AddrCodec>(bytes: &[u8]) -> Result<Decoded<A>, PersistEr
             [1] => true,
             _ => return Err(bad("tried")),
         };
+        let refs = take::<1>(&mut body).ok_or(bad("buckets"))?[0];
+        let mut buckets = [0u16; 8];
+        if usize::from(refs) > buckets.len() || (tried && refs > 0) {
+            return Err(bad("buckets"));
+        }
+        for b in buckets.iter_mut().take(usize::from(refs)) {
+            *b = u16::from_le_bytes(take::<2>(&mut body).ok_or(bad("buckets"))?);
+            if usize::from(*b) >= super::table::NEW_BUCKETS {
+                return Err(bad("bucket"));
+            }
+        }
         entries.push(Info {
             addr,
             source,
@@ -323,8 +342,8 @@ pub(crate) fn decode<A: AddrCodec>(bytes: &[u8]) -> Result<Decoded<A>, PersistEr
             last_count_attempt: 0,
             last_success,
             attempts,
-            refs: 0,
-            buckets: Default::default(),
+            refs,
+            buckets,
             tried,
         });
     }

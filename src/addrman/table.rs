@@ -630,13 +630,18 @@ impl<A: PeerAddr + Clone + Eq + Hash> Table<A> {
         self.entries.iter().flatten()
     }
 
-    /// Puts a saved entry back: tried ones into their tried place (or new
-    /// when it is taken), new ones into the bucket of their source.
+    /// Puts a saved entry back where it was: a tried one in its tried
+    /// place, a new one in each new bucket it was in (its place there
+    /// follows from the key). A place that is taken (a file made by hand)
+    /// is skipped; a new entry left with no place is dropped. A file
+    /// without bucket lists puts a new entry in its source's bucket.
     pub(crate) fn restore(&mut self, info: Info<A>) {
         if !self.admissible(&info.addr) || self.ids.contains_key(&info.addr) {
             return;
         }
         let tried = info.tried;
+        let held = info.buckets;
+        let refs = usize::from(info.refs).min(held.len());
         let addr = info.addr.clone();
         let src = info.source;
         let id = self.create(Info {
@@ -659,12 +664,22 @@ impl<A: PeerAddr + Clone + Eq + Hash> Table<A> {
                 return;
             }
         }
-        let bucket = self.new_bucket(&addr, src);
-        let pos = self.position(&addr, true, bucket);
-        let place = bucket * BUCKET_SIZE + pos;
-        if self.new[place] == EMPTY {
+        let wanted: Vec<usize> = if tried || refs == 0 {
+            vec![self.new_bucket(&addr, src)]
+        } else {
+            held[..refs]
+                .iter()
+                .map(|&b| usize::from(b) % NEW_BUCKETS)
+                .collect()
+        };
+        for bucket in wanted {
+            let pos = self.position(&addr, true, bucket);
+            if self.new[bucket * BUCKET_SIZE + pos] == EMPTY {
+                self.link_new(id, bucket, pos);
+            }
+        }
+        if self.info(id).is_some_and(|i| i.refs > 0) {
             self.n_new += 1;
-            self.link_new(id, bucket, pos);
         } else {
             self.delete(id);
         }
