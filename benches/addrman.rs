@@ -90,7 +90,7 @@ fn bench(c: &mut Criterion) {
     let saved = t.elapsed();
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
     let t = Instant::now();
-    let (back, _) = AddrMan::<SocketAddr>::load(&path).expect("load");
+    let (back, _) = AddrMan::<SocketAddr>::load(&path, false).expect("load");
     let loaded = t.elapsed();
     println!(
         "save {:.1} ms, load {:.1} ms, {} entries, {} KiB",

@@ -100,7 +100,7 @@ async fn main() -> Result<(), connmgr::BoxError> {
         .seeds(["seed-a.connmgr.test", "seed-b.connmgr.test"])
         .port(port);
     let file = std::env::temp_dir().join("connmgr-example-peers.dat");
-    let (table, bans, error) = AddrMan::load_or_new(&file);
+    let (table, bans, error) = AddrMan::load_or_new(&file, true);
     if let Some(error) = error {
         println!("the saved table was unusable ({error}); starting empty");
     }
@@ -118,7 +118,7 @@ async fn main() -> Result<(), connmgr::BoxError> {
             file.display()
         );
     }
-    let table = table.admit_local(true).seeder(seeder);
+    let table = table.seeder(seeder);
 
     let rng = JitterRng::seeded(7);
     let events = Arc::new(AtomicU64::new(0));

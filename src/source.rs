@@ -39,4 +39,7 @@ pub(crate) trait Observer<A>: Send + Sync + 'static {
     /// The policy refused a candidate from this source: it was never
     /// dialled.
     fn skipped(&self, _addr: &A) {}
+    /// A request ended without a connection and without a failure
+    /// (removed, banned, stopped while it dialled or waited).
+    fn canceled(&self, _addr: &A) {}
 }

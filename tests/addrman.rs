@@ -139,7 +139,7 @@ fn addrman_persist_roundtrip() {
         reason: "spam ünïcode".into(),
     }];
     man.save(&path, &bans).expect("save");
-    let (back, bans_back) = AddrMan::<SocketAddr>::load(&path).expect("load");
+    let (back, bans_back) = AddrMan::<SocketAddr>::load(&path, false).expect("load");
     assert_eq!(bans_back, bans);
     assert_eq!(back.len(), man.len());
     assert_eq!(back.stats().tried, man.stats().tried);
@@ -154,7 +154,7 @@ fn addrman_persist_roundtrip() {
     // Saved again, the bytes are the same: nothing is lost or reordered.
     let again = path.with_extension("2");
     back.save(&again, &bans).expect("save again");
-    let (third, _) = AddrMan::<SocketAddr>::load(&again).expect("load again");
+    let (third, _) = AddrMan::<SocketAddr>::load(&again, false).expect("load again");
     assert_eq!(third.len(), back.len());
 }
 
@@ -205,11 +205,11 @@ fn addrman_corrupt_file_is_typed_error() {
     ];
     for (i, (bytes, expected)) in cases.into_iter().enumerate() {
         std::fs::write(&path, &bytes).expect("write");
-        match AddrMan::<SocketAddr>::load(&path) {
+        match AddrMan::<SocketAddr>::load(&path, false) {
             Err(e) => assert!(expected(&e), "case {i}: {e:?}"),
             Ok(_) => panic!("case {i} loaded"),
         }
-        let (table, bans, err) = AddrMan::<SocketAddr>::load_or_new(&path);
+        let (table, bans, err) = AddrMan::<SocketAddr>::load_or_new(&path, true);
         assert!(
             err.is_some() && table.is_empty() && bans.is_empty(),
             "case {i}"
@@ -231,9 +231,10 @@ fn addrman_corrupt_file_is_typed_error() {
             bytes[i] = rng.u8(..);
         }
         std::fs::write(&path, &bytes).expect("write");
-        let _ = AddrMan::<SocketAddr>::load(&path);
+        let _ = AddrMan::<SocketAddr>::load(&path, false);
     }
-    let (empty, _, err) = AddrMan::<SocketAddr>::load_or_new(&path.with_file_name("missing.dat"));
+    let (empty, _, err) =
+        AddrMan::<SocketAddr>::load_or_new(&path.with_file_name("missing.dat"), false);
     assert!(
         err.is_none() && empty.is_empty(),
         "a missing file is a first start"
@@ -241,7 +242,8 @@ fn addrman_corrupt_file_is_typed_error() {
 }
 
 /// A save that is interrupted leaves the old file whole: the temporary
-/// file it writes first is never the file, and a failed save removes it.
+/// file it writes first is never the file; a failed save creates nothing;
+/// two saves at once never break the file.
 #[test]
 fn addrman_save_is_atomic() {
     let path = temp_path("peers.dat");
@@ -253,23 +255,55 @@ fn addrman_save_is_atomic() {
     // A crash mid-write: a partial temporary file is left behind.
     let tmp = path.with_file_name("peers.dat.tmp");
     std::fs::write(&tmp, &old[..old.len() / 3]).expect("partial");
-    let (loaded, _) = AddrMan::<SocketAddr>::load(&path).expect("the old file is whole");
+    let (loaded, _) = AddrMan::<SocketAddr>::load(&path, false).expect("the old file is whole");
     assert_eq!(loaded.len(), 1);
 
-    // A save that cannot write its temporary file fails and leaves the old
-    // file as it was.
+    // A save that cannot write fails with an I/O error and creates nothing
+    // (here its folder is a file).
+    let blocked = path.with_file_name("not-a-dir");
+    std::fs::write(&blocked, b"x").expect("file");
+    assert!(matches!(
+        man.save(&blocked.join("peers.dat"), &[]),
+        Err(PersistError::Io(_))
+    ));
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        old,
+        "the old file is untouched"
+    );
     std::fs::remove_file(&tmp).expect("rm");
-    std::fs::create_dir(&tmp).expect("a directory where the temp file goes");
+
+    // Two saves at once (the interval's and stop's) each rename a whole
+    // file of their own: every load in between reads a whole table.
     man.add([v4(30, 2, 0, 1)], Source::User);
-    assert!(matches!(man.save(&path, &[]), Err(PersistError::Io(_))));
-    assert_eq!(std::fs::read(&path).expect("read"), old);
-    std::fs::remove_dir(&tmp).expect("rmdir");
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..50 {
+                    man.save(&path, &[]).expect("concurrent save");
+                }
+            });
+        }
+        scope.spawn(|| {
+            for _ in 0..100 {
+                let (t, _) = AddrMan::<SocketAddr>::load(&path, false).expect("a whole file");
+                assert!(t.len() >= 1);
+            }
+        });
+    });
 
     // And a save that works replaces it whole.
     man.save(&path, &[]).expect("save");
-    let (loaded, _) = AddrMan::<SocketAddr>::load(&path).expect("load");
+    let (loaded, _) = AddrMan::<SocketAddr>::load(&path, false).expect("load");
     assert_eq!(loaded.len(), 2);
-    assert!(!tmp.exists());
+    let leftovers = std::fs::read_dir(path.parent().expect("dir"))
+        .expect("dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().contains(".tmp."))
+        })
+        .count();
+    assert_eq!(leftovers, 0, "no temporary file is left behind");
 }
 
 #[derive(Clone, Debug)]
@@ -332,7 +366,7 @@ proptest! {
         }
         let path = temp_path("p.dat");
         man.save(&path, &[]).expect("save");
-        let (back, _) = AddrMan::<SocketAddr>::load(&path).expect("load");
+        let (back, _) = AddrMan::<SocketAddr>::load(&path, false).expect("load");
         prop_assert_eq!(back.check(), Ok(()));
         prop_assert_eq!(back.len(), man.len());
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
@@ -569,7 +603,7 @@ async fn addrman_manager_saves_on_stop_and_interval() {
         .await
         .expect("ban");
     handle.stop().await;
-    let (back, bans, err) = AddrMan::<SocketAddr>::load_or_new(&path);
+    let (back, bans, err) = AddrMan::<SocketAddr>::load_or_new(&path, true);
     assert!(err.is_none(), "{err:?}");
     assert!(back.is_tried(&peer.addr), "the good address is in tried");
     assert_eq!(bans.len(), 1);
@@ -578,7 +612,7 @@ async fn addrman_manager_saves_on_stop_and_interval() {
     let (_held, on_connection) = keep();
     let handle = ConnManager::builder()
         .target_outbound(1)
-        .address_manager(back.admit_local(true))
+        .address_manager(back)
         .bans(bans)
         .on_connection(on_connection)
         .start()

@@ -377,7 +377,13 @@ pub(crate) fn decode<A: AddrCodec>(bytes: &[u8]) -> Result<Decoded<A>, PersistEr
 /// flushed to disk, renamed over it, and the directory flushed. A crash at
 /// any point leaves the old file or the new one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
-    let tmp = sibling(path, "tmp");
+    // A name of its own per save: two saves at once (the interval's and
+    // stop's) never write or remove each other's file; the last rename wins,
+    // and each renamed file is whole.
+    let tmp = sibling(
+        path,
+        &format!("tmp.{}.{:016x}", std::process::id(), fastrand::u64(..)),
+    );
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;

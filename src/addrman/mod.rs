@@ -108,12 +108,15 @@ impl<A> Inner<A> {
 /// the [module docs](self).
 pub struct AddrMan<A = std::net::SocketAddr> {
     inner: Arc<Mutex<Inner<A>>>,
+    /// Woken when addresses take new places (a seeding in progress).
+    added: Arc<tokio::sync::Notify>,
 }
 
 impl<A> Clone for AddrMan<A> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            added: self.added.clone(),
         }
     }
 }
@@ -161,6 +164,7 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
                 wall: unix_now(),
                 base: tokio::time::Instant::now(),
             })),
+            added: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -194,6 +198,10 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
                 Err(AddError::Unroutable) => inner.stats.unroutable += 1,
                 Err(AddError::NoRoom) => inner.stats.no_room += 1,
             }
+        }
+        drop(inner);
+        if added > 0 {
+            self.added.notify_waiters();
         }
         added
     }
@@ -324,9 +332,7 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
         let mut inner = self.lock();
         let now = inner.now();
         let Inner { table, in_use, .. } = &mut *inner;
-        if now % 16 == 0 {
-            table.resolve_collisions(now);
-        }
+        table.resolve_collisions(now);
         let addr = table.select(false, now, |a| !in_use.contains(a))?;
         in_use.insert(addr.clone());
         Some(addr)
@@ -376,11 +382,26 @@ impl<A: PeerAddr + Clone + Eq + Hash + Send + Sync + 'static> AddressSource<A> f
         if let Some(addr) = self.take() {
             return Some(addr);
         }
-        if self.seed_due() {
-            self.seed().await;
-            return self.take();
+        if !self.seed_due() {
+            return None;
         }
-        None
+        // The seeding runs on its own task, so that the first seed to
+        // answer is dialled at once: a silent seed delays no dial. It
+        // finishes in the background (each seed has its time limit).
+        let man = self.clone();
+        let mut seeding = tokio::spawn(async move { man.seed().await });
+        loop {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if let Some(addr) = self.take() {
+                return Some(addr);
+            }
+            tokio::select! {
+                () = &mut added => {}
+                _ = &mut seeding => return self.take(),
+            }
+        }
     }
 }
 
@@ -392,6 +413,10 @@ impl<A: PeerAddr + Clone + Eq + Hash + Send + Sync + 'static> Observer<A> for Ad
 
     fn failed(&self, addr: &A) {
         self.attempt(addr, true);
+        self.release(addr);
+    }
+
+    fn canceled(&self, addr: &A) {
         self.release(addr);
     }
 
@@ -427,19 +452,27 @@ impl<A: PeerAddr + Clone + Eq + Hash + AddrCodec> AddrMan<A> {
     ///
     /// A [`PersistError`] for a missing, unreadable, foreign, newer,
     /// truncated, damaged or corrupt file.
-    pub fn load(path: &Path) -> Result<(Self, Vec<Ban>), PersistError> {
+    /// Local and unroutable entries come back only with `admit_local`
+    /// (see [`admit_local`](Self::admit_local)), which the table then keeps.
+    pub fn load(path: &Path, admit_local: bool) -> Result<(Self, Vec<Ban>), PersistError> {
         let bytes = std::fs::read(path)?;
-        Self::from_bytes(&bytes)
+        Self::from_bytes(&bytes, admit_local)
     }
 
     /// Loads `path`, or starts empty: a missing file is no error; a bad one
     /// is moved aside (to `<path>.bad`) and its error returned with the
-    /// empty table.
-    pub fn load_or_new(path: &Path) -> (Self, Vec<Ban>, Option<PersistError>) {
-        match Self::load(path) {
+    /// empty table; one that cannot be read (a directory, no permission) is
+    /// left where it is and its error returned.
+    pub fn load_or_new(path: &Path, admit_local: bool) -> (Self, Vec<Ban>, Option<PersistError>) {
+        let empty = || Self::new().admit_local(admit_local);
+        match Self::load(path, admit_local) {
             Ok((table, bans)) => (table, bans, None),
             Err(PersistError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                (Self::new(), Vec::new(), None)
+                (empty(), Vec::new(), None)
+            }
+            Err(e @ PersistError::Io(_)) => {
+                tracing::warn!(error = %e, "address file unreadable: starting empty");
+                (empty(), Vec::new(), Some(e))
             }
             Err(e) => {
                 let aside = file::sibling(path, "bad");
@@ -447,21 +480,20 @@ impl<A: PeerAddr + Clone + Eq + Hash + AddrCodec> AddrMan<A> {
                     tracing::warn!(error = %io, "could not move the bad address file aside");
                 }
                 tracing::warn!(error = %e, aside = %aside.display(), "address file unusable: starting empty");
-                (Self::new(), Vec::new(), Some(e))
+                (empty(), Vec::new(), Some(e))
             }
         }
     }
 
-    fn from_bytes(bytes: &[u8]) -> Result<(Self, Vec<Ban>), PersistError> {
+    fn from_bytes(bytes: &[u8], admit_local: bool) -> Result<(Self, Vec<Ban>), PersistError> {
         let decoded = file::decode::<A>(bytes)?;
         let man = Self::with_key(decoded.key, fastrand::u64(..));
         {
             let mut inner = man.lock();
-            inner.table.admit_local = true;
+            inner.table.admit_local = admit_local;
             for info in decoded.entries {
                 inner.table.restore(info);
             }
-            inner.table.admit_local = false;
         }
         Ok((man, decoded.bans))
     }

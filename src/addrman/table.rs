@@ -131,6 +131,8 @@ pub(crate) struct Table<A> {
     pub(crate) n_new: usize,
     pub(crate) n_tried: usize,
     collisions: Vec<u32>,
+    /// When any address last worked (Core's `m_last_good`, 1 at start).
+    last_good: u64,
     rng: fastrand::Rng,
 }
 
@@ -151,6 +153,7 @@ impl<A: PeerAddr + Clone + Eq + Hash> Table<A> {
             n_new: 0,
             n_tried: 0,
             collisions: Vec::new(),
+            last_good: 1,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
@@ -387,9 +390,13 @@ impl<A: PeerAddr + Clone + Eq + Hash> Table<A> {
         let Some(&id) = self.ids.get(addr) else {
             return;
         };
+        let last_good = self.last_good;
         if let Some(info) = self.info_mut(id) {
             info.last_try = now;
-            if count_failure && info.last_count_attempt <= info.last_success {
+            // One failure counts per success *anywhere* (Core's
+            // `m_last_good`): while the node is online, each failure
+            // counts; while it is offline, failures do not pile up.
+            if count_failure && info.last_count_attempt < last_good {
                 info.last_count_attempt = now;
                 info.attempts = info.attempts.saturating_add(1);
             }
@@ -415,6 +422,7 @@ impl<A: PeerAddr + Clone + Eq + Hash> Table<A> {
         let Some(&id) = self.ids.get(addr) else {
             return false;
         };
+        self.last_good = self.last_good.max(now);
         let Some(info) = self.info_mut(id) else {
             return false;
         };

@@ -213,7 +213,7 @@ pub async fn run(kind: Kind, p: &Params, seed: u64) -> f64 {
             std::fs::create_dir_all(&dir).expect("dir");
             let path = dir.join("peers.dat");
             m.save(&path, &[]).expect("save");
-            let (back, _) = AddrMan::<SocketAddr>::load(&path).expect("load");
+            let (back, _) = AddrMan::<SocketAddr>::load(&path, false).expect("load");
             let _ = std::fs::remove_dir_all(&dir);
             Table::Man(back)
         }

@@ -117,6 +117,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             dial.abort();
             self.shared.dial_canceled();
         }
+        if let (Some(o), Place::Outbound { .. }) = (&self.observer, slot.place) {
+            o.canceled(&slot.info.addr);
+        }
         tracing::debug!(parent: &slot.span, %reason, "request ended");
         self.end(id, ConnState::Canceled);
         Ok(())

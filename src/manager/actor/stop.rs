@@ -26,6 +26,15 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         }
         self.dials.close();
         self.dials.wait().await;
+        // The address source gets its addresses back: this manager no
+        // longer dials or tracks them.
+        if let Some(o) = &self.observer {
+            for slot in self.slots.values() {
+                if slot.info.kind.direction() == crate::manager::Direction::Outbound {
+                    o.canceled(&slot.info.addr);
+                }
+            }
+        }
         // Closing only now: the owners' tasks wake up to drop their
         // connections, and stop need not wait behind that work.
         if close {
