@@ -198,6 +198,10 @@ async fn slow_callback_bounded_queue() {
     let handle = ConnManager::builder()
         .target_outbound(8)
         .max_failures(u32::MAX)
+        // Eight addresses for eight slots: a candidate whose last request
+        // has not ended yet is a duplicate, and a run of them rests the
+        // fill task for the throttle wait; keep that short here.
+        .throttle_wait(Duration::from_millis(1))
         .callback_queue(16)
         .address_source(support::manager::cycle(refused))
         .on_dial_failure(move |_| {
