@@ -259,6 +259,59 @@ async fn every_reply_code_is_reported() {
     }
 }
 
+/// Tor's extended reply codes (`ExtendedErrors` on its SocksPort) have
+/// names, and no error in the chain talks of an authentication method.
+#[tokio::test]
+async fn tor_extended_errors_named() {
+    let named = [
+        (
+            0xf0,
+            ReplyCode::OnionDescriptorNotFound,
+            "descriptor not found",
+        ),
+        (
+            0xf1,
+            ReplyCode::OnionDescriptorInvalid,
+            "descriptor invalid",
+        ),
+        (
+            0xf2,
+            ReplyCode::OnionIntroductionFailed,
+            "introduction failed",
+        ),
+        (0xf3, ReplyCode::OnionRendezvousFailed, "rendezvous failed"),
+        (
+            0xf4,
+            ReplyCode::OnionClientAuthMissing,
+            "authorization missing",
+        ),
+        (0xf5, ReplyCode::OnionClientAuthWrong, "authorization wrong"),
+        (
+            0xf6,
+            ReplyCode::OnionAddressInvalid,
+            "onion address invalid",
+        ),
+        (
+            0xf7,
+            ReplyCode::OnionIntroductionTimedOut,
+            "introduction timed out",
+        ),
+    ];
+    for (byte, code, text) in named {
+        let err = dial_fake(Behaviour::Reply(byte), None).await;
+        assert_eq!(err.kind(), Socks5ErrorKind::Reply(code), "{byte:#04x}");
+        assert!(err.to_string().contains(text), "{err}");
+        let mut chain = Some(&err as &(dyn std::error::Error + 'static));
+        while let Some(e) = chain {
+            assert!(
+                !e.to_string().to_lowercase().contains("auth method"),
+                "{byte:#04x}: {e}"
+            );
+            chain = e.source();
+        }
+    }
+}
+
 /// A proxy that accepts TCP and never answers ends by the timeout, with an
 /// `Elapsed` error, after exactly the configured time.
 #[tokio::test(start_paused = true)]

@@ -142,7 +142,7 @@ async fn tor_resolve_ipv4_and_ipv6() {
         .oneshot(name("none.test"))
         .await
         .expect_err("unknown");
-    assert_eq!(err.kind(), ResolveErrorKind::Proxy);
+    assert_eq!(err.kind(), ResolveErrorKind::NotFound);
     let socks = std::error::Error::source(&err)
         .and_then(|e| e.downcast_ref::<Socks5Error>())
         .expect("a typed SOCKS error");
@@ -151,6 +151,29 @@ async fn tor_resolve_ipv4_and_ipv6() {
         Socks5ErrorKind::Reply(connmgr::socks::ReplyCode::HostUnreachable)
     );
     assert_eq!(proxy.resolved_names(), ["v4.test", "v6.test", "none.test"]);
+}
+
+/// A name Tor cannot resolve ("host unreachable" to RESOLVE) is not found,
+/// and the proxy is fine; a proxy that cannot be reached is a proxy
+/// failure.
+#[tokio::test]
+async fn tor_resolve_not_found_is_not_proxy_failure() {
+    let proxy = FakeSocks5::start(Behaviour::Resolve(vec![]), None).await;
+    let resolver = TorResolver::new(proxy.addr);
+    for unknown in ["no-such-name.test", "abcdefghijklmnop.onion", "foo.exit"] {
+        let err = resolver
+            .clone()
+            .oneshot(Name::new(unknown).expect("name"))
+            .await
+            .expect_err("not found");
+        assert_eq!(err.kind(), ResolveErrorKind::NotFound, "{unknown}: {err}");
+    }
+    let down = support::refused_addr().await;
+    let err = TorResolver::new(down)
+        .oneshot(Name::new("seed.test").expect("name"))
+        .await
+        .expect_err("no proxy");
+    assert_eq!(err.kind(), ResolveErrorKind::Proxy);
 }
 
 /// A proxy that never answers: RESOLVE ends at its time limit, exactly.

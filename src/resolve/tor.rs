@@ -4,7 +4,7 @@ use tokio::net::TcpStream;
 use tokio_socks::{TargetAddr, tcp::Socks5Stream};
 
 use super::{Name, ResolveError, ResolveErrorKind, Resolving};
-use crate::socks::{Socks5Error, Socks5ErrorKind, recorder::Recorder};
+use crate::socks::{ReplyCode, Socks5Error, Socks5ErrorKind, recorder::Recorder};
 
 /// The default time limit of a RESOLVE request.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -12,9 +12,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Resolves names through a SOCKS5 proxy with Tor's RESOLVE command
 /// (`0xF0`), so the query goes where the dials go. Tor answers with one
 /// address, IPv4 or IPv6; both are returned. Each request has a time limit
-/// (30 s by default), and a failure of the proxy is a
-/// [`Socks5Error`] (the `source()` of a
-/// [`Proxy`](ResolveErrorKind::Proxy) error). It offers no authentication
+/// (30 s by default). A name Tor cannot resolve (it answers "host
+/// unreachable": the name does not exist, is an onion name, or is
+/// malformed) is [`NotFound`](ResolveErrorKind::NotFound); any other failure
+/// of the proxy is a [`Proxy`](ResolveErrorKind::Proxy) error. Both keep the
+/// [`Socks5Error`] as their `source()`. It offers no authentication
 /// (tokio-socks' RESOLVE has none): a proxy that requires it answers with
 /// [`AuthRequired`](crate::socks::Socks5ErrorKind::AuthRequired).
 #[derive(Clone, Debug)]
@@ -51,7 +53,16 @@ impl TorResolver {
         let (proxy, limit) = (self.proxy, self.timeout);
         Box::pin(async move {
             let proxy_failed = |e: Socks5Error| {
-                ResolveError::new(ResolveErrorKind::Proxy, name.as_str(), Some(e.into()))
+                // Tor answers a name it cannot resolve (one that does not
+                // exist, an onion name, a malformed one) with "host
+                // unreachable": the name is not found, the proxy is fine.
+                let kind = match e.kind() {
+                    Socks5ErrorKind::Reply(ReplyCode::HostUnreachable) => {
+                        ResolveErrorKind::NotFound
+                    }
+                    _ => ResolveErrorKind::Proxy,
+                };
+                ResolveError::new(kind, name.as_str(), Some(e.into()))
             };
             let ask = async {
                 let io = TcpStream::connect(proxy).await.map_err(|e| {

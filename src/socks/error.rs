@@ -24,7 +24,27 @@ pub enum ReplyCode {
     CommandNotSupported,
     /// `0x08`: address type not supported.
     AddressTypeNotSupported,
-    /// Any code that RFC 1928 leaves unassigned (`0x09` to `0xff`).
+    /// Tor's `0xF0`: the onion service's descriptor cannot be found (the
+    /// service is down or unknown). Tor sends it, and `0xF1` to `0xF7`, with
+    /// `ExtendedErrors` on its SocksPort.
+    OnionDescriptorNotFound,
+    /// Tor's `0xF1`: the onion service's descriptor is invalid.
+    OnionDescriptorInvalid,
+    /// Tor's `0xF2`: the introduction to the onion service failed.
+    OnionIntroductionFailed,
+    /// Tor's `0xF3`: the rendezvous with the onion service failed.
+    OnionRendezvousFailed,
+    /// Tor's `0xF4`: the onion service needs client authorization, and
+    /// none was given.
+    OnionClientAuthMissing,
+    /// Tor's `0xF5`: the client authorization given was wrong.
+    OnionClientAuthWrong,
+    /// Tor's `0xF6`: the onion address is invalid (bad checksum or
+    /// version).
+    OnionAddressInvalid,
+    /// Tor's `0xF7`: the introduction to the onion service timed out.
+    OnionIntroductionTimedOut,
+    /// Any other code that RFC 1928 leaves unassigned (`0x09` to `0xff`).
     Unassigned(u8),
 }
 
@@ -41,6 +61,14 @@ impl ReplyCode {
             0x06 => Self::TtlExpired,
             0x07 => Self::CommandNotSupported,
             0x08 => Self::AddressTypeNotSupported,
+            0xf0 => Self::OnionDescriptorNotFound,
+            0xf1 => Self::OnionDescriptorInvalid,
+            0xf2 => Self::OnionIntroductionFailed,
+            0xf3 => Self::OnionRendezvousFailed,
+            0xf4 => Self::OnionClientAuthMissing,
+            0xf5 => Self::OnionClientAuthWrong,
+            0xf6 => Self::OnionAddressInvalid,
+            0xf7 => Self::OnionIntroductionTimedOut,
             other => Self::Unassigned(other),
         })
     }
@@ -56,6 +84,14 @@ impl ReplyCode {
             Self::TtlExpired => 0x06,
             Self::CommandNotSupported => 0x07,
             Self::AddressTypeNotSupported => 0x08,
+            Self::OnionDescriptorNotFound => 0xf0,
+            Self::OnionDescriptorInvalid => 0xf1,
+            Self::OnionIntroductionFailed => 0xf2,
+            Self::OnionRendezvousFailed => 0xf3,
+            Self::OnionClientAuthMissing => 0xf4,
+            Self::OnionClientAuthWrong => 0xf5,
+            Self::OnionAddressInvalid => 0xf6,
+            Self::OnionIntroductionTimedOut => 0xf7,
             Self::Unassigned(b) => b,
         }
     }
@@ -72,6 +108,14 @@ impl fmt::Display for ReplyCode {
             Self::TtlExpired => f.pad("ttl expired"),
             Self::CommandNotSupported => f.pad("command not supported"),
             Self::AddressTypeNotSupported => f.pad("address type not supported"),
+            Self::OnionDescriptorNotFound => f.pad("onion service descriptor not found"),
+            Self::OnionDescriptorInvalid => f.pad("onion service descriptor invalid"),
+            Self::OnionIntroductionFailed => f.pad("onion service introduction failed"),
+            Self::OnionRendezvousFailed => f.pad("onion service rendezvous failed"),
+            Self::OnionClientAuthMissing => f.pad("onion service client authorization missing"),
+            Self::OnionClientAuthWrong => f.pad("onion service client authorization wrong"),
+            Self::OnionAddressInvalid => f.pad("onion address invalid"),
+            Self::OnionIntroductionTimedOut => f.pad("onion service introduction timed out"),
             Self::Unassigned(b) => write!(f, "unassigned reply code {b:#04x}"),
         }
     }
@@ -208,5 +252,13 @@ mod tests {
         }
         assert_eq!(ReplyCode::from_byte(5), Some(ReplyCode::ConnectionRefused));
         assert_eq!(ReplyCode::from_byte(9), Some(ReplyCode::Unassigned(9)));
+        assert_eq!(
+            ReplyCode::from_byte(0xf0),
+            Some(ReplyCode::OnionDescriptorNotFound)
+        );
+        assert_eq!(
+            ReplyCode::from_byte(0xf8),
+            Some(ReplyCode::Unassigned(0xf8))
+        );
     }
 }

@@ -85,7 +85,13 @@ impl<IO> Recorder<IO> {
             E::InvalidTargetAddress(_) if self.len == 0 => Socks5ErrorKind::InvalidTarget,
             _ => Socks5ErrorKind::Malformed,
         };
-        Socks5Error::new(kind, proxy, Some(err.into()))
+        // tokio-socks names an unassigned reply code "unknown auth method":
+        // that is no cause of a reply error, so none is kept.
+        let source = match (&err, kind) {
+            (E::UnknownAuthMethod, Socks5ErrorKind::Reply(_)) => None,
+            _ => Some(err.into()),
+        };
+        Socks5Error::new(kind, proxy, source)
     }
 }
 
