@@ -11,7 +11,7 @@ use std::{
 
 use connmgr::{
     DialStack,
-    manager::{ConnKind, ConnManager, ConnState, Error},
+    manager::{ConnKind, ConnManager, ConnState, DisconnectReason, Error},
     socks::Socks5Layer,
 };
 use support::{
@@ -600,4 +600,56 @@ async fn dropping_every_handle_stops_the_manager() {
         TcpStream::connect(addr).await.is_err()
     })
     .await;
+}
+
+/// With an inactivity timeout, a connection through which nothing moves is
+/// closed after the timeout (reported as `Inactive`, and a permanent peer
+/// reconnects); one that talks stays. Without one, nothing is closed.
+#[tokio::test(start_paused = true)]
+async fn inactivity_timeout_closes_silent_connection() {
+    let silent = HoldingPeer::start().await;
+    let echo = support::echo_target().await;
+    let (b, mut ev) =
+        record(ConnManager::builder().inactivity_timeout(Some(Duration::from_secs(20 * 60))));
+    let handle = b.start().expect("start");
+    let quiet = handle
+        .connect_permanent(silent.addr)
+        .await
+        .expect("connect");
+    let first = ev.connected.recv().await.expect("connected");
+    handle.connect(echo).await.expect("connect");
+    let mut talker = ev.connected.recv().await.expect("connected");
+    let started = tokio::time::Instant::now();
+    // The talker says something every five minutes.
+    let talk = tokio::spawn(async move {
+        let mut buf = [0u8; 4];
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            talker.write_all(b"ping").await.expect("write");
+            talker.read_exact(&mut buf).await.expect("echo");
+        }
+        talker
+    });
+    let gone = ev.disconnected.recv().await.expect("the silent one ends");
+    assert_eq!(
+        (gone.info.id, gone.reason),
+        (quiet, DisconnectReason::Inactive)
+    );
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_secs(20 * 60) && after <= Duration::from_secs(25 * 60),
+        "closed after {after:?}"
+    );
+    assert!(first.is_closed());
+    assert!(gone.reconnect_at.is_some(), "a permanent peer reconnects");
+    let talker = talk.await.expect("talked for 40 minutes");
+    assert!(!talker.is_closed(), "the talking connection stays");
+    assert_eq!(
+        ConnManager::builder()
+            .inactivity_timeout(Some(Duration::ZERO))
+            .start()
+            .err(),
+        Some(connmgr::manager::ConfigError::ZeroInactivityTimeout)
+    );
+    handle.stop().await;
 }

@@ -40,6 +40,7 @@ pub struct Builder<A, D: Service<A>> {
     stable_period: Duration,
     max_failures: u32,
     connect_timeout: Option<Duration>,
+    inactivity_timeout: Option<Duration>,
     fill: Option<FillTask<A, D>>,
     addrman: Option<AddrMan<A>>,
     persist: Option<Persist<A>>,
@@ -112,6 +113,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             stable_period: DEFAULT_STABLE_PERIOD,
             max_failures: DEFAULT_MAX_FAILURES,
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+            inactivity_timeout: None,
             fill: None,
             addrman: None,
             persist: None,
@@ -125,6 +127,19 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             stop_grace: DEFAULT_STOP_GRACE,
             callbacks: Callbacks::default(),
         }
+    }
+
+    /// Closes a connection, in either direction, through which no byte
+    /// moved either way for `timeout`, reported as
+    /// [`DisconnectReason::Inactive`](super::DisconnectReason::Inactive)
+    /// (Core's 20 minutes): a dead peer behind Tor can look alive for a long
+    /// time. It is checked four times per timeout, so a silent connection
+    /// ends between `timeout` and `1.25 × timeout`. `None` (the default)
+    /// never closes one. `Some(ZERO)` is
+    /// [`ConfigError::ZeroInactivityTimeout`].
+    pub fn inactivity_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.inactivity_timeout = timeout;
+        self
     }
 
     /// Draws automatic peers from the address manager `addrman` (it
@@ -378,6 +393,9 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         if self.connect_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroConnectTimeout);
         }
+        if self.inactivity_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroInactivityTimeout);
+        }
         if self.callback_queue == 0 {
             return Err(ConfigError::ZeroCallbackQueue);
         }
@@ -392,6 +410,7 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             stable_period: self.stable_period,
             max_failures: self.max_failures,
             connect_timeout: self.connect_timeout,
+            inactivity_timeout: self.inactivity_timeout,
             fill: self.fill,
             persist: self.persist.zip(self.addrman),
             listeners: self.listeners,
@@ -464,6 +483,9 @@ pub enum ConfigError {
     /// The connect timeout is zero: every dial would fail. Use `None` for no
     /// timeout.
     ZeroConnectTimeout,
+    /// The inactivity timeout is zero: every connection would be closed.
+    /// Use `None` for none.
+    ZeroInactivityTimeout,
     /// The callback queue has no room.
     ZeroCallbackQueue,
     /// `start` was called outside a tokio runtime.
@@ -479,6 +501,9 @@ impl fmt::Display for ConfigError {
             }
             Self::TargetTooLarge(n) => write!(f, "limit {n} is too large"),
             Self::ZeroConnectTimeout => f.pad("the connect timeout must be greater than zero"),
+            Self::ZeroInactivityTimeout => {
+                f.pad("the inactivity timeout must be greater than zero")
+            }
             Self::ZeroCallbackQueue => f.pad("the callback queue must hold at least one event"),
             Self::NoRuntime => f.pad("start must be called from within a tokio runtime"),
         }

@@ -44,6 +44,7 @@ pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) stable_period: Duration,
     pub(crate) max_failures: u32,
     pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) inactivity_timeout: Option<Duration>,
     pub(crate) fill: Option<FillTask<A, D>>,
     pub(crate) persist: Option<(super::persist::Persist<A>, crate::addrman::AddrMan<A>)>,
     pub(crate) listeners: Vec<(TcpListener, Origin)>,

@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
 };
@@ -42,6 +42,9 @@ impl<A> ConnInfo<A> {
 /// the outbound permit the connection holds, if any.
 pub(crate) struct Control {
     closed: AtomicBool,
+    /// Reads and writes that moved bytes: the inactivity timeout watches it
+    /// change (a counter, so the I/O path reads no clock).
+    activity: AtomicU64,
     read: AtomicWaker,
     write: AtomicWaker,
     permit: Mutex<Option<OwnedSemaphorePermit>>,
@@ -51,6 +54,7 @@ impl Control {
     pub(crate) fn new(permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
         Arc::new(Self {
             closed: AtomicBool::new(false),
+            activity: AtomicU64::new(0),
             read: AtomicWaker::new(),
             write: AtomicWaker::new(),
             permit: Mutex::new(permit),
@@ -73,6 +77,16 @@ impl Control {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         drop(permit);
+    }
+
+    /// How many reads and writes moved bytes so far.
+    pub(crate) fn activity(&self) -> u64 {
+        self.activity.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn active(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
     #[inline]
@@ -245,7 +259,12 @@ impl<IO: AsyncRead, A> AsyncRead for Connection<IO, A> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         let control = &**this.control;
-        guarded(control, &control.read, cx, |cx| this.io.poll_read(cx, buf))
+        let before = buf.filled().len();
+        let res = guarded(control, &control.read, cx, |cx| this.io.poll_read(cx, buf));
+        if buf.filled().len() > before {
+            control.active();
+        }
+        res
     }
 }
 
@@ -257,9 +276,13 @@ impl<IO: AsyncWrite, A> AsyncWrite for Connection<IO, A> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let control = &**this.control;
-        guarded(control, &control.write, cx, |cx| {
+        let res = guarded(control, &control.write, cx, |cx| {
             this.io.poll_write(cx, buf)
-        })
+        });
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            control.active();
+        }
+        res
     }
 
     fn poll_write_vectored(
@@ -269,9 +292,13 @@ impl<IO: AsyncWrite, A> AsyncWrite for Connection<IO, A> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let control = &**this.control;
-        guarded(control, &control.write, cx, |cx| {
+        let res = guarded(control, &control.write, cx, |cx| {
             this.io.poll_write_vectored(cx, bufs)
-        })
+        });
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            control.active();
+        }
+        res
     }
 
     fn is_write_vectored(&self) -> bool {

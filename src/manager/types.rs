@@ -324,6 +324,11 @@ pub enum DisconnectReason {
     /// Its address was banned ([`Handle::ban`](super::Handle::ban), or a
     /// ban score past the threshold).
     Banned,
+    /// No byte moved either way for the
+    /// [`inactivity_timeout`](super::Builder::inactivity_timeout) (Core
+    /// closes such a peer after 20 minutes). A permanent peer is
+    /// reconnected.
+    Inactive,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -335,6 +340,7 @@ impl fmt::Display for DisconnectReason {
             Self::Stop => "closed by stop",
             Self::Evicted => "evicted",
             Self::Banned => "banned",
+            Self::Inactive => "inactive",
         })
     }
 }

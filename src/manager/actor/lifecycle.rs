@@ -44,6 +44,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             next_attempt: None,
             since: None,
             control: None,
+            idle: (0, Instant::now()),
             place,
             extra: None,
             span,
@@ -220,6 +221,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let permit = permit.filter(|_| slot.info.kind == ConnKind::Automatic);
         set_state(&self.shared, slot, ConnState::Established);
         slot.since = Some(Instant::now());
+        slot.idle = (0, Instant::now());
         let control = Control::new(permit);
         slot.control = Some(control.clone());
         self.shared.dial_established();
@@ -299,7 +301,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let info = self.wants.disconnections.then(|| slot.info.clone());
         let reconnect = matches!(
             reason,
-            DisconnectReason::Dropped | DisconnectReason::Disconnect
+            DisconnectReason::Dropped | DisconnectReason::Disconnect | DisconnectReason::Inactive
         );
         let reconnect_at = if slot.info.kind.is_permanent() && reconnect {
             Some(self.schedule_retry(id, ConnState::Pending))

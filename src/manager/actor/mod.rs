@@ -72,6 +72,9 @@ struct Slot<A> {
     next_attempt: Option<Instant>,
     since: Option<Instant>,
     control: Option<Arc<Control>>,
+    /// The connection's activity count when last looked at, and since when
+    /// it has not changed (the inactivity timeout).
+    idle: (u64, Instant),
     /// What it counts for in the policy.
     place: Place,
     /// Only peers that misbehaved or were reported on have one.
@@ -140,6 +143,8 @@ pub(crate) struct Actor<A, D: Service<A>> {
     abandoned: Arc<AtomicBool>,
     /// The address manager to save, where, and its timer.
     persist: Option<(Persist<A>, AddrMan<A>, tokio::time::Interval)>,
+    /// The inactivity timeout and the timer that checks for it.
+    inactivity: Option<(Duration, tokio::time::Interval)>,
 }
 
 /// Starts the manager's tasks on `rt` and returns the first handle.
@@ -239,6 +244,12 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         tasks,
         callbacks,
         abandoned,
+        inactivity: config.inactivity_timeout.map(|timeout| {
+            let every = timeout / 4;
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (timeout, tick)
+        }),
         persist: config.persist.map(|(p, man)| {
             let mut every = tokio::time::interval_at(Instant::now() + p.interval, p.interval);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -285,6 +296,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 _ = tick(&mut self.persist), if self.persist.is_some() => {
                     self.save_now();
                 }
+                _ = idle_tick(&mut self.inactivity), if self.inactivity.is_some() => {
+                    self.close_inactive();
+                }
                 // No new automatic dial while the callbacks are behind.
                 n = recv_many(&mut self.auto, &mut autos), if !behind => {
                     if n == 0 {
@@ -305,6 +319,35 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         self.stop(close.unwrap_or(false)).await;
         if let Some(reply) = reply {
             let _ = reply.send(());
+        }
+    }
+
+    /// Closes the established connections through which nothing moved for
+    /// the inactivity timeout.
+    fn close_inactive(&mut self) {
+        let Some((timeout, _)) = self.inactivity else {
+            return;
+        };
+        let now = Instant::now();
+        let mut silent = Vec::new();
+        for slot in self.slots.values_mut() {
+            let Some(control) = slot
+                .control
+                .as_ref()
+                .filter(|_| slot.state == ConnState::Established)
+            else {
+                continue;
+            };
+            let count = control.activity();
+            if count != slot.idle.0 {
+                slot.idle = (count, now);
+            } else if now.saturating_duration_since(slot.idle.1) >= timeout {
+                silent.push(slot.info.id);
+            }
+        }
+        for id in silent {
+            tracing::debug!(%id, ?timeout, "connection inactive: closing");
+            self.connection_ended(id, DisconnectReason::Inactive);
         }
     }
 
@@ -427,6 +470,16 @@ impl<A: Address> Slot<A> {
 async fn tick<A>(persist: &mut Option<(Persist<A>, AddrMan<A>, tokio::time::Interval)>) {
     match persist {
         Some((_, _, every)) => {
+            every.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next tick of the inactivity check; pending for ever without one.
+async fn idle_tick(inactivity: &mut Option<(Duration, tokio::time::Interval)>) {
+    match inactivity {
+        Some((_, every)) => {
             every.tick().await;
         }
         None => std::future::pending().await,

@@ -60,6 +60,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         };
         set_state(&self.shared, slot, ConnState::Established);
         slot.since = Some(now);
+        slot.idle = (0, now);
         let control = Control::new(None);
         slot.control = Some(control.clone());
         self.shared.inbound_accepted();
