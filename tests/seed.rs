@@ -176,6 +176,48 @@ async fn tor_resolve_not_found_is_not_proxy_failure() {
     assert_eq!(err.kind(), ResolveErrorKind::Proxy);
 }
 
+/// A resolver wrapped in tower layers (a timeout, a concurrency limit) and
+/// failing with an error of its own seeds as well: its errors become typed
+/// `ResolveError`s. The stack's resolver's RESOLVE timeout can be set.
+#[tokio::test(start_paused = true)]
+async fn seeder_takes_layered_resolver() {
+    let resolver = tower::ServiceBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .concurrency_limit(4)
+        .service(tower::service_fn(|name: Name| async move {
+            match name.as_str() {
+                "good.test" => Ok(vec![v4(8, 0, 1)]),
+                "broken.test" => Err(std::io::Error::other("server on fire")),
+                _ => std::future::pending().await,
+            }
+        }));
+    let seeder = DnsSeeder::new(resolver)
+        .seeds(["good.test", "broken.test", "silent.test"])
+        .port(8333);
+    let seeded = seeder.resolve().await;
+    assert_eq!(seeded.addrs, vec![SocketAddr::new(v4(8, 0, 1), 8333)]);
+    let mut kinds: Vec<ResolveErrorKind> = seeded.failures.iter().map(|e| e.kind()).collect();
+    kinds.sort_by_key(|k| k.to_string());
+    assert_eq!(
+        kinds,
+        vec![ResolveErrorKind::Failed, ResolveErrorKind::Timeout]
+    );
+    let custom = connmgr::resolve::ResolveError::new(ResolveErrorKind::NotFound, "x.test", None);
+    assert_eq!(custom.kind(), ResolveErrorKind::NotFound);
+
+    let proxy = FakeSocks5::start(Behaviour::Silent, None).await;
+    let started = tokio::time::Instant::now();
+    let err = DialStack::new()
+        .socks5(proxy.addr)
+        .resolver()
+        .tor_timeout(Duration::from_secs(3))
+        .oneshot(Name::new("seed.test").expect("name"))
+        .await
+        .expect_err("silent proxy");
+    assert_eq!(err.kind(), ResolveErrorKind::Timeout);
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+}
+
 /// A proxy that never answers: RESOLVE ends at its time limit, exactly.
 #[tokio::test(start_paused = true)]
 async fn tor_resolve_timeout() {

@@ -158,7 +158,9 @@ pub struct ResolveError {
 }
 
 impl ResolveError {
-    pub(crate) fn new(kind: ResolveErrorKind, name: &str, source: Option<BoxError>) -> Self {
+    /// An error of `kind` for `name`, with its cause: for resolvers of
+    /// your own.
+    pub fn new(kind: ResolveErrorKind, name: &str, source: Option<BoxError>) -> Self {
         Self {
             kind,
             name: name.to_owned(),
@@ -217,6 +219,15 @@ pub enum DefaultResolver {
 }
 
 impl DefaultResolver {
+    /// Sets the time limit of each RESOLVE request, for the proxy's
+    /// resolver (the system's has its own). Default is 30 seconds.
+    pub fn tor_timeout(self, timeout: std::time::Duration) -> Self {
+        match self {
+            Self::Tor(t) => Self::Tor(t.timeout(timeout)),
+            other => other,
+        }
+    }
+
     /// The resolver for dials through `proxy` (or straight, for `None`).
     pub fn for_proxy(proxy: Option<SocketAddr>) -> Self {
         match proxy {
@@ -234,5 +245,47 @@ impl DefaultResolver {
             Self::System(r) => r.resolve(name),
             Self::Tor(r) => r.resolve(name),
         }
+    }
+}
+
+/// Any resolver as the crate's: its error becomes a [`ResolveError`] (kept
+/// as it is when it is one, `Timeout` for tower's `Elapsed`, `Failed` with
+/// the error as its source otherwise).
+#[derive(Clone, Debug)]
+pub(crate) struct AnyResolver<R>(pub(crate) R);
+
+impl<R> tower::Service<Name> for AnyResolver<R>
+where
+    R: tower::Service<Name, Response = Addrs>,
+    R::Error: Into<BoxError>,
+    R::Future: Send + 'static,
+{
+    type Response = Addrs;
+    type Error = ResolveError;
+    type Future = Resolving;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ResolveError>> {
+        self.0
+            .poll_ready(cx)
+            .map_err(|e| convert(e.into(), "(not ready)"))
+    }
+
+    fn call(&mut self, name: Name) -> Resolving {
+        let shown = name.to_string();
+        let fut = self.0.call(name);
+        Box::pin(async move { fut.await.map_err(|e| convert(e.into(), &shown)) })
+    }
+}
+
+fn convert(e: BoxError, name: &str) -> ResolveError {
+    match e.downcast::<ResolveError>() {
+        Ok(e) => *e,
+        Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
+            ResolveError::new(ResolveErrorKind::Timeout, name, Some(e))
+        }
+        Err(e) => ResolveError::new(ResolveErrorKind::Failed, name, Some(e)),
     }
 }

@@ -70,14 +70,19 @@ pub struct Seeded {
 
 impl DnsSeeder {
     /// A seeder asking `resolver`, with no seeds yet, port 8333 and a 15 s
-    /// limit per seed.
+    /// limit per seed. Any `Service<Name>` whose error converts into a
+    /// `BoxError` will do, so a resolver can be wrapped in tower layers (a
+    /// timeout, a concurrency limit); its errors become [`ResolveError`]s
+    /// (`Timeout` for tower's `Elapsed`, `Failed` otherwise, unless they
+    /// are one already).
     pub fn new<R>(resolver: R) -> Self
     where
-        R: Service<Name, Response = Addrs, Error = ResolveError> + Clone + Send + Sync + 'static,
+        R: Service<Name, Response = Addrs> + Clone + Send + Sync + 'static,
+        R::Error: Into<tower::BoxError>,
         R::Future: Send + 'static,
     {
         Self {
-            resolver: BoxCloneSyncService::new(resolver),
+            resolver: BoxCloneSyncService::new(crate::resolve::AnyResolver(resolver)),
             seeds: Vec::new(),
             port: 8333,
             services: None,
