@@ -112,6 +112,8 @@ pub mod seed;
 pub mod socks;
 mod source;
 pub mod stack;
+mod target;
 
 pub use stack::{DialStack, Dialer};
+pub use target::{NeedsProxy, Target};
 pub use tower::BoxError;

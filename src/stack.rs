@@ -150,6 +150,10 @@ impl DialStack {
 
     /// Assembles the stack.
     pub fn build(self) -> Dialer {
+        let by_name = self
+            .socks5
+            .as_ref()
+            .map(|socks| (socks.layer(self.connector.clone()), self.timeout));
         let transport = match self.socks5 {
             Some(socks) => Either::Left(MapErr::new(
                 socks.layer(self.connector),
@@ -164,7 +168,7 @@ impl DialStack {
             Some(limit) => Either::Left(Timeout::new(transport, limit)),
             None => Either::Right(transport),
         };
-        Dialer { inner }
+        Dialer { inner, by_name }
     }
 }
 
@@ -186,6 +190,8 @@ type Inner = Either<Timeout<Transport>, Transport>;
 #[derive(Clone, Debug)]
 pub struct Dialer {
     inner: Inner,
+    /// For targets only the proxy can reach (onion services, names).
+    by_name: Option<(Socks5<TcpConnector>, Option<Duration>)>,
 }
 
 impl Dialer {
@@ -198,6 +204,44 @@ impl Dialer {
 impl Default for Dialer {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Dials onion services and host names through the proxy, IP addresses as
+/// `Service<SocketAddr>` does. Without a proxy, an onion or a name fails with
+/// [`NeedsProxy`](crate::NeedsProxy) before any socket is opened.
+impl Service<crate::Target> for Dialer {
+    type Response = TcpStream;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<TcpStream, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<SocketAddr>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, target: crate::Target) -> Self::Future {
+        if let crate::Target::Socket(addr) = target {
+            return Box::pin(Service::<SocketAddr>::call(&mut self.inner, addr));
+        }
+        let Some((socks, timeout)) = &mut self.by_name else {
+            let err = crate::NeedsProxy(target.to_string());
+            return Box::pin(std::future::ready(Err(err.into())));
+        };
+        let port = match &target {
+            crate::Target::Onion { port, .. } | crate::Target::Name { port, .. } => *port,
+            crate::Target::Socket(a) => a.port(),
+        };
+        let dial = Service::<(String, u16)>::call(socks, (target.host_string(), port));
+        let timeout = *timeout;
+        Box::pin(async move {
+            match timeout {
+                Some(limit) => match tokio::time::timeout(limit, dial).await {
+                    Ok(r) => r.map_err(Into::into),
+                    Err(_) => Err(tower::timeout::error::Elapsed::new().into()),
+                },
+                None => dial.await.map_err(Into::into),
+            }
+        })
     }
 }
 

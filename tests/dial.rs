@@ -329,3 +329,72 @@ async fn silent_proxy_ends_by_timeout() {
     assert!(err.is::<tower::timeout::error::Elapsed>(), "got {err}");
     assert_eq!(started.elapsed(), Duration::from_secs(30));
 }
+
+/// The stack `DialStack` builds dials onion services and host names as
+/// readily as `SocketAddr`s, through its proxy (the onion name goes to the
+/// proxy as it is, checksum checked first); without a proxy they fail with
+/// `NeedsProxy` before any socket opens; a manager can use `Target` as its
+/// address type.
+#[tokio::test]
+async fn dial_stack_dials_onion_addresses() {
+    let echo = support::echo_target().await;
+    let onion = connmgr::policy::Host::Onion([0x3c; 32]).to_string();
+    let proxy = FakeSocks5::start(
+        Behaviour::Hosts(vec![(onion.clone(), echo), ("peer.test".into(), echo)]),
+        None,
+    )
+    .await;
+    let stack = DialStack::new().socks5(proxy.addr).build();
+    let target: connmgr::Target = format!("{onion}:8333").parse().expect("onion target");
+    let mut conn = stack
+        .clone()
+        .oneshot(target.clone())
+        .await
+        .expect("through the proxy");
+    support::assert_echo(&mut conn, b"hello onion").await;
+    let named = connmgr::Target::name("peer.test", 8333).expect("name");
+    let mut conn = stack.clone().oneshot(named).await.expect("a name");
+    support::assert_echo(&mut conn, b"hello name").await;
+    assert_eq!(
+        proxy.connected_names(),
+        [onion.clone(), "peer.test".to_string()]
+    );
+    let ip = connmgr::Target::from(echo);
+    let mut conn = stack
+        .oneshot(ip)
+        .await
+        .expect("an IP, through the proxy too");
+    support::assert_echo(&mut conn, b"hello ip").await;
+
+    let err = DialStack::new()
+        .build()
+        .oneshot(target.clone())
+        .await
+        .expect_err("no proxy");
+    assert!(err.is::<connmgr::NeedsProxy>(), "{err}");
+    let mut bad = onion.clone().into_bytes();
+    bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
+    let bad = String::from_utf8(bad).expect("ascii");
+    assert!(
+        format!("{bad}:8333").parse::<connmgr::Target>().is_err(),
+        "checksum"
+    );
+    use connmgr::policy::PeerAddr;
+    assert_eq!(target.host().network(), connmgr::policy::Network::Onion);
+
+    // As the manager's address type.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handle = connmgr::manager::Builder::new(DialStack::new().socks5(proxy.addr).build())
+        .on_connection(move |c| {
+            let _ = tx.send(c);
+        })
+        .start()
+        .expect("start");
+    handle
+        .connect_permanent(target.clone())
+        .await
+        .expect("connect");
+    let conn = rx.recv().await.expect("connected to the onion");
+    assert_eq!(conn.addr(), &target);
+    handle.stop().await;
+}

@@ -337,7 +337,7 @@ impl From<IpAddr> for Host {
 
 /// Text that is not a [`Host`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InvalidHost(String);
+pub struct InvalidHost(pub(crate) String);
 
 impl fmt::Display for InvalidHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

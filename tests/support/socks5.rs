@@ -39,6 +39,9 @@ pub enum Behaviour {
     /// Answers Tor's RESOLVE (0xF0) for these names; other names get
     /// "host unreachable".
     Resolve(Vec<(String, std::net::IpAddr)>),
+    /// A working proxy that also reaches these names (onion services, say)
+    /// at these loopback addresses, as Tor reaches an onion service.
+    Hosts(Vec<(String, SocketAddr)>),
 }
 
 /// An in-process SOCKS5 server on a loopback port.
@@ -99,8 +102,19 @@ impl FakeSocks5 {
             .lock()
             .expect("seen lock")
             .iter()
-            .filter(|(u, _)| u != RESOLVED)
+            .filter(|(u, _)| u != RESOLVED && u != CONNECTED)
             .cloned()
+            .collect()
+    }
+
+    /// The names asked for with CONNECT so far (with `Hosts`).
+    pub fn connected_names(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .iter()
+            .filter(|(u, _)| u == CONNECTED)
+            .map(|(_, n)| n.clone())
             .collect()
     }
 
@@ -118,6 +132,8 @@ impl FakeSocks5 {
 
 /// The mark of a RESOLVE request among the recorded pairs.
 const RESOLVED: &str = "\0resolve";
+/// The mark of a CONNECT to a name among the recorded pairs.
+const CONNECTED: &str = "\0connect";
 
 async fn serve(
     mut sock: TcpStream,
@@ -224,12 +240,23 @@ async fn serve(
                 sock.write_all(&reply).await?;
                 return Ok(());
             }
-            if &name[..name.len() - 2] != b"localhost" {
+            let asked = String::from_utf8_lossy(&name[..name.len() - 2]).into_owned();
+            let mapped = match &behaviour {
+                Behaviour::Hosts(hosts) => hosts.iter().find(|(n, _)| *n == asked).map(|(_, a)| *a),
+                _ => None,
+            };
+            if let Some(target) = mapped {
+                seen.lock()
+                    .expect("seen lock")
+                    .push((CONNECTED.to_owned(), asked));
+                target
+            } else if &name[..name.len() - 2] != b"localhost" {
                 sock.write_all(&[0x05, 0x04, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
                     .await?;
                 return Ok(());
+            } else {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
             }
-            SocketAddr::from((Ipv4Addr::LOCALHOST, port))
         }
         _ => {
             sock.write_all(&[0x05, 0x08, 0x00, 0x01, 0, 0, 0, 0, 0, 0])

@@ -1,0 +1,156 @@
+//! Dial targets beyond `SocketAddr`: onion services and host names, which
+//! only a proxy can reach.
+
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use crate::policy::{Host, InvalidHost, PeerAddr};
+
+/// Where a dial goes: an IP socket address, a Tor v3 onion service
+/// (validated, checksum included, before anything is sent), or a host name
+/// the proxy resolves. The [`Dialer`](crate::Dialer) that
+/// [`DialStack`](crate::DialStack) builds dials all three; the last two
+/// only through its SOCKS5 proxy. As a [`PeerAddr`], an onion target is on
+/// the Tor network of the policy.
+///
+/// ```
+/// use connmgr::Target;
+///
+/// let onion: Target = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion:8333"
+///     .parse()?;
+/// let ip: Target = "127.0.0.1:8333".parse()?;
+/// assert_eq!(ip, Target::from("127.0.0.1:8333".parse::<std::net::SocketAddr>()?));
+/// # let _ = onion;
+/// # Ok::<(), connmgr::BoxError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// An IP address and port.
+    Socket(SocketAddr),
+    /// An onion service: its public key and a port.
+    Onion {
+        /// The ed25519 public key.
+        key: [u8; 32],
+        /// The port.
+        port: u16,
+    },
+    /// A host name (1 to 255 bytes) and a port, resolved by the proxy.
+    Name {
+        /// The name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl Target {
+    /// An onion service from its name (`<56 characters>.onion`).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidHost`] when the name is not a valid v3 onion address.
+    pub fn onion(name: &str, port: u16) -> Result<Self, InvalidHost> {
+        match Host::onion(name)? {
+            Host::Onion(key) => Ok(Self::Onion { key, port }),
+            _ => Err(bad(name)),
+        }
+    }
+
+    /// A host name the proxy resolves.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidHost`] for an empty name, one over 255 bytes, or one that
+    /// is not printable ASCII.
+    pub fn name(host: &str, port: u16) -> Result<Self, InvalidHost> {
+        let ok =
+            !host.is_empty() && host.len() <= 255 && host.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(bad(host));
+        }
+        Ok(Self::Name {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The host part as the proxy is told it: an IP, `<key>.onion`, or the
+    /// name.
+    pub fn host_string(&self) -> String {
+        match self {
+            Self::Socket(a) => a.ip().to_string(),
+            Self::Onion { key, .. } => Host::Onion(*key).to_string(),
+            Self::Name { host, .. } => host.clone(),
+        }
+    }
+}
+
+fn bad(s: &str) -> InvalidHost {
+    InvalidHost(format!("not a dial target: {s:?}"))
+}
+
+impl PeerAddr for Target {
+    fn host(&self) -> Host {
+        match self {
+            Self::Socket(a) => Host::ip(a.ip()),
+            Self::Onion { key, .. } => Host::Onion(*key),
+            Self::Name { host, .. } => Host::name(host),
+        }
+    }
+
+    fn port(&self) -> Option<u16> {
+        Some(match self {
+            Self::Socket(a) => a.port(),
+            Self::Onion { port, .. } | Self::Name { port, .. } => *port,
+        })
+    }
+}
+
+impl From<SocketAddr> for Target {
+    fn from(a: SocketAddr) -> Self {
+        Self::Socket(a)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Socket(a) => write!(f, "{a}"),
+            Self::Onion { key, port } => write!(f, "{}:{port}", Host::Onion(*key)),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = InvalidHost;
+
+    /// `ip:port`, `[ipv6]:port`, `<key>.onion:port` or `name:port`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(Self::Socket(a));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad(s))?;
+        let port: u16 = port.parse().map_err(|_| bad(s))?;
+        if host.to_ascii_lowercase().ends_with(".onion") {
+            Self::onion(host, port)
+        } else {
+            Self::name(host, port)
+        }
+    }
+}
+
+/// A dial to an onion service or a host name with no proxy to take it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeedsProxy(pub(crate) String);
+
+impl fmt::Display for NeedsProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} can only be reached through a proxy, and the stack has none",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NeedsProxy {}
