@@ -11,7 +11,7 @@ use std::{
 mod support;
 
 use std::sync::{
-    Arc, Mutex,
+    Arc,
     atomic::{AtomicUsize, Ordering},
 };
 
@@ -23,7 +23,7 @@ use connmgr::{
     seed::DnsSeeder,
 };
 use proptest::prelude::*;
-use support::{HoldingPeer, until_async};
+use support::{HoldingPeer, manager::keep, until_async};
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 8333)
@@ -374,16 +374,6 @@ proptest! {
 }
 
 // ===== with the manager =====
-
-/// An `on_connection` that keeps every connection open.
-fn keep<IO: Send + 'static>() -> (
-    Arc<Mutex<Vec<connmgr::manager::Connection<IO>>>>,
-    impl Fn(connmgr::manager::Connection<IO>) + Send + Sync + 'static,
-) {
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h = held.clone();
-    (held, move |c| h.lock().expect("held").push(c))
-}
 
 /// Listeners on 127.9.0.1..=n, all on one port (a DNS seed gives IPs, and
 /// the port is the network's).

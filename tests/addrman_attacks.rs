@@ -9,7 +9,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -24,7 +24,7 @@ use connmgr::{
     resolve::{Addrs, Name, ResolveError},
     seed::DnsSeeder,
 };
-use support::{HoldingPeer, until};
+use support::{HoldingPeer, manager::keep, until};
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 8333)
@@ -42,16 +42,6 @@ fn temp_dir() -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
-}
-
-/// An `on_connection` that keeps every connection open.
-fn keep<IO: Send + 'static>() -> (
-    Arc<Mutex<Vec<connmgr::manager::Connection<IO>>>>,
-    impl Fn(connmgr::manager::Connection<IO>) + Send + Sync + 'static,
-) {
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h = held.clone();
-    (held, move |c| h.lock().expect("held").push(c))
 }
 
 // ===== the table =====

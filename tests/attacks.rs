@@ -14,7 +14,7 @@ mod support;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -26,10 +26,10 @@ use connmgr::{
 };
 use support::{
     HoldingPeer, connect_from,
-    manager::{fixed, record},
+    manager::{fixed, keep, record, to_peer},
     until_async,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
@@ -37,34 +37,6 @@ fn sa(s: &str) -> SocketAddr {
 
 fn subnet(s: &str) -> Subnet {
     s.parse().expect("subnet")
-}
-
-/// A dial stack that connects every address to `target`, counting calls.
-fn to_peer(
-    target: SocketAddr,
-    calls: Arc<AtomicUsize>,
-) -> impl tower::Service<
-    SocketAddr,
-    Response = TcpStream,
-    Error = std::io::Error,
-    Future = impl Future<Output = std::io::Result<TcpStream>> + Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |_: SocketAddr| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        TcpStream::connect(target)
-    })
-}
-
-/// An `on_connection` that keeps every connection open.
-fn keep<IO: Send + 'static>() -> (
-    Arc<Mutex<Vec<connmgr::manager::Connection<IO>>>>,
-    impl Fn(connmgr::manager::Connection<IO>) + Send + Sync + 'static,
-) {
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h = held.clone();
-    (held, move |c| h.lock().expect("held").push(c))
 }
 
 // ===== duplicates through address forms =====

@@ -28,7 +28,7 @@ use connmgr::{
 };
 use support::{
     HoldingPeer, connect_from,
-    manager::{cycle, fixed, record},
+    manager::{cycle, fixed, keep, record},
     settle, until, until_async,
 };
 use tokio::{
@@ -71,16 +71,6 @@ async fn listening(
     let addr = listener.local_addr().expect("addr");
     let (b, ev) = record(b.listener_with(listener, options));
     (b.start().expect("start"), addr, ev)
-}
-
-/// An `on_connection` that keeps every connection open, and the list.
-fn keep<IO: Send + 'static, A: Send + 'static>() -> (
-    Arc<Mutex<Vec<connmgr::manager::Connection<IO, A>>>>,
-    impl Fn(connmgr::manager::Connection<IO, A>) + Send + Sync + 'static,
-) {
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h = held.clone();
-    (held, move |c| h.lock().expect("held").push(c))
 }
 
 // ===== local and Tor peers =====

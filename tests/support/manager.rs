@@ -67,3 +67,32 @@ pub fn cycle(
         std::future::ready(Some(addrs[next % addrs.len()]))
     }
 }
+
+/// An `on_connection` that keeps every connection open, and the list.
+pub fn keep<IO: Send + 'static, A: Send + 'static>() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<connmgr::manager::Connection<IO, A>>>>,
+    impl Fn(connmgr::manager::Connection<IO, A>) + Send + Sync + 'static,
+) {
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    (held, move |c| h.lock().expect("held").push(c))
+}
+
+/// A dial stack that connects every address to the loopback `target`,
+/// counting calls: only the manager's choice of address is tested.
+pub fn to_peer(
+    target: SocketAddr,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> impl tower::Service<
+    SocketAddr,
+    Response = TcpStream,
+    Error = std::io::Error,
+    Future = impl Future<Output = std::io::Result<TcpStream>> + Send + 'static,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: SocketAddr| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        TcpStream::connect(target)
+    })
+}
