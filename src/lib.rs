@@ -108,6 +108,7 @@ pub mod manager;
 pub mod policy;
 pub mod resolve;
 pub mod retry;
+pub mod route;
 pub mod seed;
 pub mod socks;
 mod source;

@@ -398,3 +398,100 @@ async fn dial_stack_dials_onion_addresses() {
     assert_eq!(conn.addr(), &target);
     handle.stop().await;
 }
+
+/// Each target goes through the stack of its network: IP targets direct,
+/// onion targets through the Tor proxy only, names through the clearnet
+/// proxy; an onion target with no onion route is a typed error.
+#[tokio::test]
+async fn route_by_network() {
+    use connmgr::{
+        Target,
+        policy::Host,
+        route::{NetworkRouter, RouteError},
+    };
+    let echo = support::echo_target().await;
+    let onion = Host::Onion([0x5d; 32]).to_string();
+    let tor = FakeSocks5::start(Behaviour::Hosts(vec![(onion.clone(), echo)]), None).await;
+    let clearnet =
+        FakeSocks5::start(Behaviour::Hosts(vec![("peer.test".into(), echo)]), None).await;
+
+    // Core's -proxy=clearnet -onion=tor.
+    let router = NetworkRouter::core(Some(clearnet.addr), Some(tor.addr));
+    let onion_target: Target = format!("{onion}:8333").parse().expect("onion");
+    let mut c = router
+        .clone()
+        .oneshot(onion_target.clone())
+        .await
+        .expect("onion via tor");
+    support::assert_echo(&mut c, b"via tor").await;
+    let mut c = router
+        .clone()
+        .oneshot(Target::name("peer.test", 8333).expect("name"))
+        .await
+        .expect("name via the clearnet proxy");
+    support::assert_echo(&mut c, b"via proxy").await;
+    assert_eq!(tor.connected_names(), [onion.clone()]);
+    assert_eq!(clearnet.connected_names(), ["peer.test".to_string()]);
+
+    // Direct clearnet, onion through Tor (btcd's --onion alone).
+    let router = NetworkRouter::new(DialStack::new().build())
+        .onion(DialStack::new().socks5(tor.addr).build());
+    let mut c = router
+        .clone()
+        .oneshot(Target::from(echo))
+        .await
+        .expect("direct");
+    support::assert_echo(&mut c, b"direct").await;
+    assert_eq!(
+        tor.connected_names().len(),
+        1,
+        "the IP did not go through Tor"
+    );
+
+    // No onion route at all.
+    let err = NetworkRouter::new(DialStack::new().build())
+        .oneshot(onion_target)
+        .await
+        .expect_err("no route");
+    assert_eq!(
+        err.downcast_ref::<RouteError>(),
+        Some(&RouteError::NoRoute(connmgr::policy::Network::Onion))
+    );
+}
+
+/// An `onlynet` allow list refuses other networks before any socket opens:
+/// the proxy never sees a connection.
+#[tokio::test]
+async fn onlynet_refuses_before_socket() {
+    use connmgr::{
+        Target,
+        policy::Network,
+        route::{NetworkRouter, RouteError},
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy = listener.local_addr().expect("addr");
+    let router = NetworkRouter::core(Some(proxy), None).only([Network::Onion]);
+    for target in [
+        Target::from(SocketAddr::from(([127, 0, 0, 1], 8333))),
+        Target::from("[::1]:8333".parse::<SocketAddr>().expect("v6")),
+        Target::name("seed.test", 8333).expect("name"),
+    ] {
+        let err = router
+            .clone()
+            .oneshot(target.clone())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err.downcast_ref::<RouteError>(),
+                Some(RouteError::NotAllowed(_))
+            ),
+            "{target}: {err}"
+        );
+    }
+    let accepted =
+        tokio::time::timeout(std::time::Duration::from_millis(50), listener.accept()).await;
+    assert!(accepted.is_err(), "no socket was opened to the proxy");
+}
