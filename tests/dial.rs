@@ -430,7 +430,7 @@ async fn route_by_network() {
         .await
         .expect("name via the clearnet proxy");
     support::assert_echo(&mut c, b"via proxy").await;
-    assert_eq!(tor.connected_names(), [onion.clone()]);
+    assert_eq!(tor.connected_names(), std::slice::from_ref(&onion));
     assert_eq!(clearnet.connected_names(), ["peer.test".to_string()]);
 
     // Direct clearnet, onion through Tor (btcd's --onion alone).
