@@ -7,7 +7,7 @@
 //! each test says what the attack did.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -20,29 +20,15 @@ mod support;
 use connmgr::{
     addrman::{AddrMan, PersistError, Source},
     manager::{Builder, ConnKind, ConnManager},
-    policy::Host,
     resolve::{Addrs, Name, ResolveError},
     seed::DnsSeeder,
 };
-use support::{HoldingPeer, manager::keep, until};
-
-fn v4(a: u8, b: u8, c: u8, d: u8) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 8333)
-}
-
-fn peer(a: u8, b: u8) -> Source {
-    Source::Peer(Host::ip(IpAddr::V4(Ipv4Addr::new(a, b, 0, 1))))
-}
-
-fn temp_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "connmgr-attack-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+use support::{
+    HoldingPeer,
+    addrs::{peer, temp_dir, v4},
+    manager::keep,
+    until,
+};
 
 // ===== the table =====
 

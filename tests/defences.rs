@@ -28,7 +28,7 @@ use connmgr::{
 };
 use support::{
     HoldingPeer, connect_from,
-    manager::{cycle, fixed, keep, record},
+    manager::{cycle, fixed, keep, record, to_peer},
     settle, until, until_async,
 };
 use tokio::{
@@ -469,24 +469,6 @@ impl fmt::Display for Onion {
     }
 }
 
-/// A stack that reaches every onion address at `target`, counting calls.
-fn onion_stack(
-    target: SocketAddr,
-    calls: Arc<AtomicUsize>,
-) -> impl tower::Service<
-    Onion,
-    Response = TcpStream,
-    Error = std::io::Error,
-    Future = impl Future<Output = std::io::Result<TcpStream>> + Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |_: Onion| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        TcpStream::connect(target)
-    })
-}
-
 /// A Tor-only node fills its target: onion groups do not count for
 /// diversity (their keys are random), so four onion peers take four slots.
 #[tokio::test(start_paused = true)]
@@ -496,7 +478,7 @@ async fn onion_only_node_fills_outbound_target() {
     let onions: Vec<Onion> = (0..8u8).map(|i| Onion::new(i * 0x10)).collect();
     let mut next = 0;
     let (_held, on_connection) = keep();
-    let handle = Builder::new(onion_stack(peer.addr, calls))
+    let handle = Builder::new(to_peer::<Onion>(peer.addr, calls))
         .target_outbound(4)
         .on_connection(on_connection)
         .address_source(move || {
@@ -522,7 +504,7 @@ async fn misbehaving_onion_peer_banned() {
     let bad = Onion::new(0xa0);
     let (tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
     let b = bad.clone();
-    let handle = Builder::new(onion_stack(peer.addr, calls.clone()))
+    let handle = Builder::new(to_peer::<Onion>(peer.addr, calls.clone()))
         .target_outbound(1)
         .retry_base(Duration::from_secs(1))
         .address_source(move || std::future::ready(Some(b.clone())))

@@ -134,9 +134,7 @@ impl<A: PeerAddr + Clone + Eq + Hash> Default for AddrMan<A> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    file::unix(SystemTime::now())
 }
 
 impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {

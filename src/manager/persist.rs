@@ -10,6 +10,7 @@ use crate::{
 
 /// Where and how often to save, and how (the address type's codec, fixed
 /// when the builder knew it).
+#[derive(Clone)]
 pub(crate) struct Persist<A> {
     pub(crate) path: PathBuf,
     pub(crate) interval: Duration,

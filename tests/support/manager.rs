@@ -80,18 +80,18 @@ pub fn keep<IO: Send + 'static, A: Send + 'static>() -> (
 
 /// A dial stack that connects every address to the loopback `target`,
 /// counting calls: only the manager's choice of address is tested.
-pub fn to_peer(
+pub fn to_peer<A>(
     target: SocketAddr,
     calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> impl tower::Service<
-    SocketAddr,
+    A,
     Response = TcpStream,
     Error = std::io::Error,
     Future = impl Future<Output = std::io::Result<TcpStream>> + Send + 'static,
 > + Clone
 + Send
 + 'static {
-    tower::service_fn(move |_: SocketAddr| {
+    tower::service_fn(move |_: A| {
         calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         TcpStream::connect(target)
     })

@@ -2,6 +2,7 @@
 //! and an in-process SOCKS5 server that can misbehave on purpose.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod addrs;
 pub mod dns;
 pub mod manager;
 pub mod socks5;

@@ -338,7 +338,13 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         }
         let delay = self.backoff.delay(slot.retries).min(LONGEST_DELAY);
         slot.retries = slot.retries.saturating_add(1);
-        let at = now.checked_add(delay).unwrap_or(now);
+        // `delay` is capped, so this does not overflow; were it to, the retry
+        // would be a year away, never at once.
+        let year = std::time::Duration::from_secs(365 * 24 * 60 * 60);
+        let at = now
+            .checked_add(delay)
+            .or_else(|| now.checked_add(year))
+            .unwrap_or(now);
         if let Some(old) = slot.next_attempt.replace(at) {
             self.retries.remove(old, id);
         }

@@ -293,10 +293,10 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                     self.on_retry_due(id);
                 }
                 () = self.outbox.room(), if behind => self.outbox.flush(),
-                _ = tick(&mut self.persist), if self.persist.is_some() => {
+                _ = next_tick(self.persist.as_mut().map(|(_, _, every)| every)) => {
                     self.save_now();
                 }
-                _ = idle_tick(&mut self.inactivity), if self.inactivity.is_some() => {
+                _ = next_tick(self.inactivity.as_mut().map(|(_, every)| every)) => {
                     self.close_inactive();
                 }
                 // No new automatic dial while the callbacks are behind.
@@ -355,14 +355,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     fn save_now(&self) {
         if let Some((persist, man, _)) = &self.persist {
             let bans = self.peers.bans(Instant::now());
-            let (persist, man) = (
-                Persist {
-                    path: persist.path.clone(),
-                    interval: persist.interval,
-                    save: persist.save,
-                },
-                man.clone(),
-            );
+            let (persist, man) = (persist.clone(), man.clone());
             tokio::spawn(async move { super::persist::save(&persist, &man, bans).await });
         }
     }
@@ -466,20 +459,11 @@ impl<A: Address> Slot<A> {
     }
 }
 
-/// The next tick of the save timer; pending for ever without one.
-async fn tick<A>(persist: &mut Option<(Persist<A>, AddrMan<A>, tokio::time::Interval)>) {
-    match persist {
-        Some((_, _, every)) => {
-            every.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The next tick of the inactivity check; pending for ever without one.
-async fn idle_tick(inactivity: &mut Option<(Duration, tokio::time::Interval)>) {
-    match inactivity {
-        Some((_, every)) => {
+/// The next tick of a timer the manager may not have: pending for ever
+/// without one.
+async fn next_tick(every: Option<&mut tokio::time::Interval>) {
+    match every {
+        Some(every) => {
             every.tick().await;
         }
         None => std::future::pending().await,
