@@ -175,6 +175,11 @@ impl JitterRng {
         Self::from_rng(fastrand::Rng::with_seed(seed))
     }
 
+    /// A source of its own, seeded from this one.
+    pub(crate) fn fork(&self) -> fastrand::Rng {
+        self.with(|rng| rng.fork())
+    }
+
     fn from_rng(rng: fastrand::Rng) -> Self {
         Self {
             rng: Arc::new(Mutex::new(rng)),

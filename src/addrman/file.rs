@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! magic    8 bytes  "CMADDRS\0"
-//! version  u32 LE   1
+//! version  u32 LE   2 (1 is read too: it has no anchors)
 //! length   u64 LE   of the body
 //! body:
 //!   key      2 × u64 LE              the table's secret
@@ -19,6 +19,7 @@
 //!     subnet   u16 LE length + UTF-8 text (`Subnet`'s `Display`)
 //!     until    u64 LE unix seconds
 //!     reason   u16 LE length + UTF-8
+//!   anchors  u8 count (at most 8), then each an AddrCodec address
 //! checksum 32 bytes  SHA3-256 of everything before it
 //! ```
 //!
@@ -41,7 +42,9 @@ use crate::policy::{Ban, NetGroup, Network};
 
 const MAGIC: &[u8; 8] = b"CMADDRS\0";
 /// The version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The most anchors a file holds.
+pub(crate) const MAX_ANCHORS: usize = 8;
 /// The most bans a file may hold (the policy's default limit).
 const MAX_BANS: u32 = 1_000_000;
 
@@ -231,6 +234,7 @@ pub(crate) fn encode<'a, A: AddrCodec + 'a>(
     key: (u64, u64),
     entries: impl Iterator<Item = &'a Info<A>>,
     bans: &[Ban],
+    anchors: &[A],
 ) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&key.0.to_le_bytes());
@@ -260,6 +264,11 @@ pub(crate) fn encode<'a, A: AddrCodec + 'a>(
         body.extend_from_slice(&unix(ban.until).to_le_bytes());
         put_text(&mut body, &ban.reason);
     }
+    let anchors = &anchors[..anchors.len().min(MAX_ANCHORS)];
+    body.push(anchors.len() as u8);
+    for a in anchors {
+        a.encode(&mut body);
+    }
     let mut out = Vec::with_capacity(body.len() + 52);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -275,6 +284,7 @@ pub(crate) struct Decoded<A> {
     pub(crate) key: (u64, u64),
     pub(crate) entries: Vec<Info<A>>,
     pub(crate) bans: Vec<Ban>,
+    pub(crate) anchors: Vec<A>,
 }
 
 /// Reads a file's bytes, checking everything.
@@ -285,7 +295,7 @@ pub(crate) fn decode<A: AddrCodec>(bytes: &[u8]) -> Result<Decoded<A>, PersistEr
         return Err(PersistError::Foreign);
     }
     let version = u32_of(&mut input).ok_or(PersistError::Truncated)?;
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(PersistError::Version(version));
     }
     let len = u64_of(&mut input).ok_or(PersistError::Truncated)?;
@@ -367,10 +377,25 @@ pub(crate) fn decode<A: AddrCodec>(bytes: &[u8]) -> Result<Decoded<A>, PersistEr
             reason,
         });
     }
-    if !body.is_empty() {
-        return Err(bad("bytes after the bans"));
+    let mut anchors = Vec::new();
+    if version >= 2 {
+        let n = take::<1>(&mut body).ok_or(bad("anchor count"))?[0];
+        if usize::from(n) > MAX_ANCHORS {
+            return Err(bad("too many anchors"));
+        }
+        for _ in 0..n {
+            anchors.push(A::decode(&mut body).ok_or(bad("anchor"))?);
+        }
     }
-    Ok(Decoded { key, entries, bans })
+    if !body.is_empty() {
+        return Err(bad("bytes after the anchors"));
+    }
+    Ok(Decoded {
+        key,
+        entries,
+        bans,
+        anchors,
+    })
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it,

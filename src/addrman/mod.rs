@@ -92,6 +92,9 @@ struct Inner<A> {
     /// The least time between two seedings.
     reseed: Duration,
     last_seed: Option<tokio::time::Instant>,
+    /// The block-relay peers at the last stop, to dial first at the next
+    /// start (Core's `anchors.dat`).
+    anchors: Vec<A>,
     /// Unix seconds at `base`, so that time follows tokio's clock (and
     /// pauses with it in tests) but is saved as wall time.
     wall: u64,
@@ -159,6 +162,7 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
                 seeder: None,
                 reseed: DEFAULT_RESEED,
                 last_seed: None,
+                anchors: Vec::new(),
                 wall: unix_now(),
                 base: tokio::time::Instant::now(),
             })),
@@ -258,6 +262,25 @@ impl<A: PeerAddr + Clone + Eq + Hash> AddrMan<A> {
     /// The tried address a collision waits on, to test it with a feeler.
     pub fn collision_to_test(&self) -> Option<A> {
         self.lock().table.collision_to_test()
+    }
+
+    /// Sets the anchors: the block-relay peers to dial first at the next
+    /// start (at most 8 are kept). The manager sets them on stop; they are
+    /// saved with the table.
+    pub fn set_anchors(&self, anchors: impl IntoIterator<Item = A>) {
+        self.lock().anchors = anchors.into_iter().take(file::MAX_ANCHORS).collect();
+    }
+
+    /// Takes the anchors out: the manager does it at start, so that they
+    /// are dialled once and saved again only if they are anchors at the
+    /// next stop (Core deletes `anchors.dat` when it reads it).
+    pub fn take_anchors(&self) -> Vec<A> {
+        std::mem::take(&mut self.lock().anchors)
+    }
+
+    /// The anchors now, left in place.
+    pub fn anchors(&self) -> Vec<A> {
+        self.lock().anchors.clone()
     }
 
     /// How many addresses it holds.
@@ -429,7 +452,7 @@ impl<A: PeerAddr + Clone + Eq + Hash + Send + Sync + 'static> Observer<A> for Ad
 }
 
 impl<A: PeerAddr + Clone + Eq + Hash + AddrCodec> AddrMan<A> {
-    /// Saves the table, with `bans`, to `path` (see the module docs for the
+    /// Saves the table, with `bans` and its [anchors](Self::set_anchors), to `path` (see the module docs for the
     /// format), atomically: a crash leaves the old file or the new one.
     ///
     /// # Errors
@@ -439,7 +462,12 @@ impl<A: PeerAddr + Clone + Eq + Hash + AddrCodec> AddrMan<A> {
     pub fn save(&self, path: &Path, bans: &[Ban]) -> Result<(), PersistError> {
         let bytes = {
             let inner = self.lock();
-            file::encode(inner.table.key(), inner.table.entries(), bans)
+            file::encode(
+                inner.table.key(),
+                inner.table.entries(),
+                bans,
+                &inner.anchors,
+            )
         };
         file::write_atomic(path, &bytes)
     }
@@ -492,6 +520,7 @@ impl<A: PeerAddr + Clone + Eq + Hash + AddrCodec> AddrMan<A> {
             for info in decoded.entries {
                 inner.table.restore(info);
             }
+            inner.anchors = decoded.anchors;
         }
         Ok((man, decoded.bans))
     }

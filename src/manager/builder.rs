@@ -8,7 +8,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::Service;
 
 use super::{
-    Address, AddressSource, Connection, DialFailure, DialService, Disconnected, Handle, actor,
+    Address, AddressSource, ConnClass, Connection, DialFailure, DialService, Disconnected, Handle,
+    actor,
     config::*,
     events::Callbacks,
     fill::{self, FillTask},
@@ -31,7 +32,10 @@ use crate::{
 /// checks them and spawns the manager.
 pub struct Builder<A, D: Service<A>> {
     dialer: D,
-    target_outbound: usize,
+    targets: [usize; 3],
+    feeler_interval: Option<Duration>,
+    feeler_hold: Duration,
+    max_anchors: usize,
     retry_base: Duration,
     throttle_wait: Option<Duration>,
     retry_cap: Duration,
@@ -58,7 +62,8 @@ pub struct Builder<A, D: Service<A>> {
 impl<A, D: Service<A>> fmt::Debug for Builder<A, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("target_outbound", &self.target_outbound)
+            .field("targets", &self.targets)
+            .field("feeler_interval", &self.feeler_interval)
             .field("retry_base", &self.retry_base)
             .field("retry_cap", &self.retry_cap)
             .field("jitter", &self.jitter)
@@ -104,7 +109,10 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     pub fn new(dialer: D) -> Self {
         Self {
             dialer,
-            target_outbound: DEFAULT_TARGET_OUTBOUND,
+            targets: [DEFAULT_TARGET_OUTBOUND, 0, 0],
+            feeler_interval: Some(DEFAULT_FEELER_INTERVAL),
+            feeler_hold: DEFAULT_FEELER_HOLD,
+            max_anchors: DEFAULT_MAX_ANCHORS,
             retry_base: DEFAULT_RETRY_BASE,
             throttle_wait: None,
             retry_cap: DEFAULT_RETRY_CAP,
@@ -171,11 +179,68 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         self
     }
 
-    /// The number of automatic outbound connections to keep. Explicit
+    /// The number of automatic outbound connections to keep: the target of
+    /// the default class, [`ConnClass::FullRelay`]. Explicit
     /// [`connect`](super::Handle::connect) requests come in addition. `0`
     /// means none. Default is 8.
-    pub fn target_outbound(mut self, target: usize) -> Self {
-        self.target_outbound = target;
+    pub fn target_outbound(self, target: usize) -> Self {
+        self.class_target(ConnClass::FullRelay, target)
+    }
+
+    /// The number of automatic connections of `class` to keep. Each class
+    /// has its own target and its own outbound limit, all draw from the
+    /// one address source, and all share the netgroup diversity rule; the
+    /// fill task serves them in the order of [`ConnClass::ALL`]. Defaults:
+    /// full-relay 8, block-relay 0. [`ConnClass::Feeler`] takes no target
+    /// ([`ConfigError::FeelerTarget`]): see [`feelers`](Self::feelers).
+    pub fn class_target(mut self, class: ConnClass, target: usize) -> Self {
+        self.targets[class.index()] = target;
+        self
+    }
+
+    /// Bitcoin Core's outbound layout: 8 full-relay and 2 block-relay
+    /// connections, a feeler every 2 minutes on average (with an
+    /// [address manager](Self::address_manager)), and the block-relay
+    /// peers saved as 2 anchors on stop.
+    pub fn core_layout(self) -> Self {
+        self.class_target(ConnClass::FullRelay, 8)
+            .class_target(ConnClass::BlockRelay, 2)
+            .feelers(Some(DEFAULT_FEELER_INTERVAL))
+            .max_anchors(DEFAULT_MAX_ANCHORS)
+    }
+
+    /// The mean time between two feelers (Core's 2 minutes), or `None` for
+    /// none. Feelers need an [address manager](Self::address_manager): each
+    /// tests an address of its new table (or a tried address that a
+    /// collision waits on), and a success moves it to tried. One at a time,
+    /// at exponentially distributed intervals; never while the callbacks
+    /// are behind; they count against no target and never feed the failure
+    /// throttle. The application learns of each in `on_connection` (class
+    /// [`ConnClass::Feeler`]) and should close it after its handshake; the
+    /// manager closes it after the [hold](Self::feeler_hold). Default is 2
+    /// minutes. `Some(ZERO)` is [`ConfigError::ZeroFeelerInterval`].
+    pub fn feelers(mut self, interval: Option<Duration>) -> Self {
+        self.feeler_interval = interval;
+        self
+    }
+
+    /// How long the manager keeps a feeler open before it closes it
+    /// ([`DisconnectReason::FeelerDone`](super::DisconnectReason::FeelerDone)).
+    /// Default is 30 seconds.
+    pub fn feeler_hold(mut self, hold: Duration) -> Self {
+        self.feeler_hold = hold;
+        self
+    }
+
+    /// The most block-relay connections saved as anchors on
+    /// [`stop`](super::Handle::stop), in the [address
+    /// manager](Self::address_manager) (and so in the file of
+    /// [`save_to`](Self::save_to)). At the next start the anchors of the
+    /// address manager given to the builder are dialled before anything
+    /// else, as block-relay connections, once each: an anchor that fails
+    /// is forgotten. `0` saves none. Default is 2, as in Core.
+    pub fn max_anchors(mut self, max: usize) -> Self {
+        self.max_anchors = max;
         self
     }
 
@@ -210,8 +275,8 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         self
     }
 
-    /// The random source of the jitter; [`JitterRng::seeded`] makes retry
-    /// times reproducible. Default is a randomly seeded source.
+    /// The random source of the jitter and of the feeler schedule;
+    /// [`JitterRng::seeded`] makes retry and feeler times reproducible. Default is a randomly seeded source.
     pub fn rng(mut self, rng: JitterRng) -> Self {
         self.rng = Some(rng);
         self
@@ -378,11 +443,22 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         let mut backoff = Backoff::new(self.retry_base, self.retry_cap)
             .and_then(|b| b.with_jitter(self.jitter))
             .map_err(ConfigError::Backoff)?;
-        if let Some(rng) = self.rng {
-            backoff = backoff.with_rng(rng);
+        let rng = self.rng;
+        if let Some(rng) = &rng {
+            backoff = backoff.with_rng(rng.clone());
         }
         let max = tokio::sync::Semaphore::MAX_PERMITS;
-        for limit in [Some(self.target_outbound), self.max_inbound]
+        if self.targets[ConnClass::Feeler.index()] > 0 {
+            return Err(ConfigError::FeelerTarget);
+        }
+        if self.feeler_interval == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroFeelerInterval);
+        }
+        let outbound = self
+            .targets
+            .iter()
+            .try_fold(0usize, |a, t| a.checked_add(*t));
+        for limit in [outbound.or(Some(usize::MAX)), self.max_inbound]
             .into_iter()
             .flatten()
         {
@@ -402,9 +478,37 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         if !self.listeners.is_empty() && self.callbacks.on_accept.is_none() {
             return Err(ConfigError::ListenersWithoutOnAccept);
         }
+        let feelers = self
+            .feeler_interval
+            .zip(self.addrman.clone())
+            .map(|(interval, addrman)| Feelers {
+                addrman,
+                interval,
+                hold: self.feeler_hold,
+                rng: rng
+                    .as_ref()
+                    .map_or_else(fastrand::Rng::new, JitterRng::fork),
+            });
+        // Core reads anchors.dat and deletes it: taken from the table, they
+        // are not saved again unless they are anchors at the next stop.
+        let anchors = match &self.addrman {
+            Some(man) if self.targets[ConnClass::BlockRelay.index()] > 0 => man.take_anchors(),
+            Some(man) => {
+                let dropped = man.take_anchors().len();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "anchors dropped: no block-relay target");
+                }
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         Ok(Config {
             dialer: self.dialer,
-            target_outbound: self.target_outbound,
+            targets: self.targets,
+            feelers,
+            anchors,
+            max_anchors: self.max_anchors,
+            addrman: self.addrman.clone(),
             throttle_wait: self.throttle_wait.unwrap_or(self.retry_base),
             backoff,
             stable_period: self.stable_period,
@@ -488,6 +592,11 @@ pub enum ConfigError {
     ZeroInactivityTimeout,
     /// The callback queue has no room.
     ZeroCallbackQueue,
+    /// A target was set for [`ConnClass::Feeler`]: feelers are timed, not
+    /// kept at a count (see [`Builder::feelers`]).
+    FeelerTarget,
+    /// The mean time between feelers is zero. Use `None` for no feelers.
+    ZeroFeelerInterval,
     /// `start` was called outside a tokio runtime.
     NoRuntime,
 }
@@ -505,6 +614,8 @@ impl fmt::Display for ConfigError {
                 f.pad("the inactivity timeout must be greater than zero")
             }
             Self::ZeroCallbackQueue => f.pad("the callback queue must hold at least one event"),
+            Self::FeelerTarget => f.pad("feelers take no target; set their interval instead"),
+            Self::ZeroFeelerInterval => f.pad("the feeler interval must be greater than zero"),
             Self::NoRuntime => f.pad("start must be called from within a tokio runtime"),
         }
     }

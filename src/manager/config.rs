@@ -6,6 +6,7 @@ use tokio::net::TcpListener;
 use tower::Service;
 
 use super::{events::Callbacks, fill::FillTask};
+use crate::addrman::AddrMan;
 use crate::{
     backoff::Backoff,
     policy::{Ban, Policy, state::Origin},
@@ -33,12 +34,28 @@ pub const DEFAULT_MAX_INBOUND: usize = 125 - DEFAULT_TARGET_OUTBOUND;
 pub const DEFAULT_CALLBACK_QUEUE: usize = 1024;
 /// Default time `stop` gives the callbacks to finish what is queued.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Default mean time between two feelers, as in Bitcoin Core.
+pub const DEFAULT_FEELER_INTERVAL: Duration = Duration::from_secs(120);
+/// Default time the manager holds a feeler open before it closes it.
+pub const DEFAULT_FEELER_HOLD: Duration = Duration::from_secs(30);
+/// Default most block-relay connections saved as anchors on stop, as in
+/// Bitcoin Core.
+pub const DEFAULT_MAX_ANCHORS: usize = 2;
 
 /// Everything the manager's tasks need, checked by
 /// [`Builder::start`](super::Builder::start).
 pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) dialer: D,
-    pub(crate) target_outbound: usize,
+    /// The target of each class, by [`ConnClass::index`]; feelers have none.
+    pub(crate) targets: [usize; 3],
+    /// Feelers: the address manager they test addresses of, the mean time
+    /// between two, how long one is held, and their random source.
+    pub(crate) feelers: Option<Feelers<A>>,
+    /// Anchors to dial first, and how many to save on stop.
+    pub(crate) anchors: Vec<A>,
+    pub(crate) max_anchors: usize,
+    /// The address manager given to the builder, if any.
+    pub(crate) addrman: Option<AddrMan<A>>,
     pub(crate) throttle_wait: std::time::Duration,
     pub(crate) backoff: Backoff,
     pub(crate) stable_period: Duration,
@@ -57,4 +74,12 @@ pub(crate) struct Config<A, D: Service<A>> {
     pub(crate) callback_queue: usize,
     pub(crate) stop_grace: Duration,
     pub(crate) callbacks: Callbacks<D::Response, A>,
+}
+
+/// What the manager needs to open feelers.
+pub(crate) struct Feelers<A> {
+    pub(crate) addrman: AddrMan<A>,
+    pub(crate) interval: Duration,
+    pub(crate) hold: Duration,
+    pub(crate) rng: fastrand::Rng,
 }

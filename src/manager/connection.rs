@@ -15,12 +15,13 @@ use futures_util::task::AtomicWaker;
 use pin_project::{pin_project, pinned_drop};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::{OwnedSemaphorePermit, mpsc},
+    sync::mpsc,
 };
 
-use super::{ConnId, ConnKind, Direction, message::Dropped};
+use super::{ConnClass, ConnId, ConnKind, Direction, class::ClassPermit, message::Dropped};
 
-/// What identifies a connection or request: its id, address and kind.
+/// What identifies a connection or request: its id, address, kind and
+/// class.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnInfo<A = SocketAddr> {
     /// The request's id.
@@ -29,6 +30,9 @@ pub struct ConnInfo<A = SocketAddr> {
     pub addr: A,
     /// Automatic, permanent, one-shot or inbound.
     pub kind: ConnKind,
+    /// What it is for: full relay, block relay only, or a feeler. Explicit
+    /// and inbound connections are full-relay.
+    pub class: ConnClass,
 }
 
 impl<A> ConnInfo<A> {
@@ -47,11 +51,11 @@ pub(crate) struct Control {
     activity: AtomicU64,
     read: AtomicWaker,
     write: AtomicWaker,
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    permit: Mutex<Option<ClassPermit>>,
 }
 
 impl Control {
-    pub(crate) fn new(permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
+    pub(crate) fn new(permit: Option<ClassPermit>) -> Arc<Self> {
         Arc::new(Self {
             closed: AtomicBool::new(false),
             activity: AtomicU64::new(0),
@@ -165,6 +169,14 @@ impl<IO, A> Connection<IO, A> {
         self.info.kind.direction()
     }
 
+    /// What it is for: relay transactions on a
+    /// [`FullRelay`](ConnClass::FullRelay) connection, only blocks on a
+    /// [`BlockRelay`](ConnClass::BlockRelay) one, and close a
+    /// [`Feeler`](ConnClass::Feeler) after its handshake.
+    pub fn class(&self) -> ConnClass {
+        self.info.class
+    }
+
     /// Id, address and kind together.
     pub fn info(&self) -> &ConnInfo<A> {
         &self.info
@@ -194,6 +206,7 @@ impl<IO, A: fmt::Debug> fmt::Debug for Connection<IO, A> {
             .field("id", &self.info.id)
             .field("addr", &self.info.addr)
             .field("kind", &self.info.kind)
+            .field("class", &self.info.class)
             .field("closed", &self.control.is_closed())
             .finish_non_exhaustive()
     }

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tower::BoxError;
 
-use super::{ConnId, ConnKind, ConnState, Counters, Panicked, types::Refusals};
+use super::{
+    ConnClass, ConnId, ConnKind, ConnState, Counters, Panicked,
+    types::{DialCounts, Refusals},
+};
 use crate::policy::Refusal;
 
 /// Counters and the id source.
@@ -34,7 +37,14 @@ pub(crate) struct Shared {
     evicted: AtomicU64,
     bans: AtomicU64,
     accept_errors: AtomicU64,
+    /// Per class: dials, established, failures, canceled.
+    classes: [[AtomicU64; 4]; 3],
 }
+
+const DIALS: usize = 0;
+const ESTABLISHED: usize = 1;
+const FAILURES: usize = 2;
+const CANCELED: usize = 3;
 
 /// One counter per [`Refusal`].
 #[derive(Debug, Default)]
@@ -86,7 +96,12 @@ impl Shared {
             evicted: AtomicU64::new(0),
             bans: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            classes: Default::default(),
         }
+    }
+
+    fn class_add(&self, class: ConnClass, which: usize) {
+        self.classes[class.index()][which].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn next_id(&self) -> ConnId {
@@ -111,6 +126,16 @@ impl Shared {
             evicted: self.evicted.load(Relaxed),
             bans: self.bans.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
+            classes: self.classes.each_ref().map(|c| {
+                let [dials, established, failures, canceled] =
+                    c.each_ref().map(|n| n.load(Relaxed));
+                DialCounts {
+                    dials,
+                    established,
+                    failures,
+                    canceled,
+                }
+            }),
         }
     }
 
@@ -148,30 +173,34 @@ impl Shared {
 
     // ===== dials (the actor) =====
 
-    pub(crate) fn dial_started(&self) {
+    pub(crate) fn dial_started(&self, class: ConnClass) {
         self.dials.fetch_add(1, Relaxed);
+        self.class_add(class, DIALS);
         #[cfg(feature = "metrics")]
-        metrics::counter!(names::DIALS).increment(1);
+        metrics::counter!(names::DIALS, "conn_class" => class.as_str()).increment(1);
     }
 
-    pub(crate) fn dial_established(&self) {
+    pub(crate) fn dial_established(&self, class: ConnClass) {
         self.established.fetch_add(1, Relaxed);
+        self.class_add(class, ESTABLISHED);
         #[cfg(feature = "metrics")]
-        metrics::counter!(names::ESTABLISHED).increment(1);
+        metrics::counter!(names::ESTABLISHED, "conn_class" => class.as_str()).increment(1);
     }
 
-    pub(crate) fn dial_failed(&self, error: &BoxError) {
+    pub(crate) fn dial_failed(&self, class: ConnClass, error: &BoxError) {
         self.failures.fetch_add(1, Relaxed);
+        self.class_add(class, FAILURES);
         #[cfg(feature = "metrics")]
-        metrics::counter!(names::DIAL_FAILURES, "class" => error_class(error)).increment(1);
+        metrics::counter!(names::DIAL_FAILURES, "class" => error_class(error), "conn_class" => class.as_str()).increment(1);
         #[cfg(not(feature = "metrics"))]
         let _ = error;
     }
 
-    pub(crate) fn dial_canceled(&self) {
+    pub(crate) fn dial_canceled(&self, class: ConnClass) {
         self.canceled.fetch_add(1, Relaxed);
+        self.class_add(class, CANCELED);
         #[cfg(feature = "metrics")]
-        metrics::counter!(names::CANCELED).increment(1);
+        metrics::counter!(names::CANCELED, "conn_class" => class.as_str()).increment(1);
     }
 
     /// A panic in user code, caught; `what` names the code.
@@ -248,20 +277,20 @@ impl Shared {
     #[inline]
     pub(crate) fn state_changed(
         &self,
-        kind: ConnKind,
+        (kind, class): (ConnKind, ConnClass),
         from: Option<ConnState>,
         to: Option<ConnState>,
     ) {
-        gauge_moved(kind, from, to);
+        gauge_moved(kind, class, from, to);
     }
 }
 
-/// Moves one connection of `kind` between the state gauges.
+/// Moves one connection of `kind` and `class` between the state gauges.
 #[inline]
-fn gauge_moved(kind: ConnKind, from: Option<ConnState>, to: Option<ConnState>) {
+fn gauge_moved(kind: ConnKind, class: ConnClass, from: Option<ConnState>, to: Option<ConnState>) {
     #[cfg(feature = "metrics")]
     {
-        let gauge = |state| metrics::gauge!(names::CONNECTIONS, "kind" => kind_label(kind), "state" => state_label(state));
+        let gauge = |state| metrics::gauge!(names::CONNECTIONS, "kind" => kind_label(kind), "conn_class" => class.as_str(), "state" => state_label(state));
         if let Some(from) = from {
             gauge(from).decrement(1);
         }
@@ -270,7 +299,7 @@ fn gauge_moved(kind: ConnKind, from: Option<ConnState>, to: Option<ConnState>) {
         }
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = (kind, from, to);
+    let _ = (kind, class, from, to);
 }
 
 /// The class of a dial error, as the `class` label of

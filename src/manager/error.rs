@@ -2,7 +2,7 @@
 
 use std::{error::Error as StdError, fmt};
 
-use super::{ConnId, ConnState};
+use super::{ConnClass, ConnId, ConnState};
 use crate::policy::Subnet;
 
 /// The error of an attempt whose user code panicked: the dial stack's
@@ -82,6 +82,11 @@ pub enum Error {
     /// [`Policy::max_bans`](crate::policy::Policy::max_bans) allows (this
     /// many); the ban was not made.
     BanListFull(usize),
+    /// The class has no target, so there is nothing to go above (feelers
+    /// never have one).
+    NoTarget(ConnClass),
+    /// The class may already hold one connection above its target.
+    ExtraPending(ConnClass),
 }
 
 impl fmt::Display for Error {
@@ -95,6 +100,10 @@ impl fmt::Display for Error {
             Self::Duplicate(id) => write!(f, "the address is taken by connection {id}"),
             Self::Banned(subnet) => write!(f, "the address is banned ({subnet})"),
             Self::BanListFull(max) => write!(f, "the ban list is full ({max} bans)"),
+            Self::NoTarget(class) => write!(f, "the {class} class has no target"),
+            Self::ExtraPending(class) => {
+                write!(f, "the {class} class already has an extra connection")
+            }
         }
     }
 }

@@ -22,17 +22,23 @@
 //! every longer chain, or a task that wakes two, sends one of them to the
 //! other worker and wakes that thread (`churn --target 1` measures it).
 
-use std::{future::Future, panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    future::{Future, poll_fn},
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use futures_util::FutureExt;
-use tokio::{
-    sync::{Semaphore, mpsc},
-    time::Instant,
-};
-use tower::{BoxError, Service, ServiceExt};
+use tokio::{sync::mpsc, time::Instant};
+use tower::{BoxError, Service};
 
 use super::{
-    Address, AddressSource, DialService,
+    Address, AddressSource, ConnClass, DialService,
+    class::ClassLimit,
     counters::Shared,
     message::{AutoDial, Dropped},
 };
@@ -48,7 +54,10 @@ const NOTICES: usize = 64;
 /// What the fill task needs besides the address source.
 pub(crate) struct Fill<A, D: Service<A>> {
     pub(crate) dialer: D,
-    pub(crate) permits: Arc<Semaphore>,
+    /// The classes with a target, in the order they are served.
+    pub(crate) classes: Vec<Arc<ClassLimit>>,
+    /// Anchors, dialled as block-relay connections before anything else.
+    pub(crate) anchors: VecDeque<A>,
     pub(crate) tx: mpsc::Sender<AutoDial<A, OutboundLimit<D>>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) throttle_wait: Duration,
@@ -99,13 +108,19 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
         }
     }
 
-    async fn fill<S: AddressSource<A>>(self, mut source: S) {
-        let mut svc = self.limited();
+    async fn fill<S: AddressSource<A>>(mut self, mut source: S) {
+        let mut svcs: Vec<OutboundLimit<D>> =
+            (0..self.classes.len()).map(|i| self.limited(i)).collect();
+        let block_relay = self
+            .classes
+            .iter()
+            .position(|c| c.class == ConnClass::BlockRelay);
         loop {
-            // Each candidate takes a ready stack of its own to the manager.
-
-            let ready = AssertUnwindSafe(svc.ready()).catch_unwind().await;
-            let ready = ready.map(|r| r.map(drop).map_err(Into::<BoxError>::into));
+            // Each candidate takes a ready stack of its own to the manager:
+            // the first class with a free permit, in order; only the
+            // block-relay class while anchors are left.
+            let only = block_relay.filter(|_| !self.anchors.is_empty());
+            let (i, ready) = poll_fn(|cx| poll_any(&mut svcs, only, cx)).await;
             match ready {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
@@ -114,63 +129,37 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
                     tokio::time::sleep(self.throttle_wait).await;
                     continue;
                 }
-                Err(_) => {
+                Err(()) => {
                     self.shared.panicked("dial stack poll_ready");
                     self.shared.attempt_ended(false);
-                    svc = self.limited();
+                    svcs[i] = self.limited(i);
                     continue;
                 }
             }
-            // A source that offers only candidates the policy skips (full
-            // netgroups, duplicates, bans) is asked a bounded number of
-            // times, then rests like a failing one.
-            if self.shared.skips_in_a_row() >= SKIPS_PER_ROUND {
-                self.shared.reset_skips();
-                self.shared.throttled();
-                tracing::debug!(wait = ?self.throttle_wait, "only skipped candidates: waiting");
-                tokio::time::sleep(self.throttle_wait).await;
-            }
-            if self.shared.consecutive_failures() >= u64::from(self.max_failures) {
-                self.shared.throttled();
-                tracing::debug!(
-                    failures = self.shared.consecutive_failures(),
-                    wait = ?self.throttle_wait,
-                    "failure throttle: waiting before the next automatic dial"
-                );
-                tokio::time::sleep(self.throttle_wait).await;
-            }
-            let addr = match AssertUnwindSafe(async { source.next_address().await })
-                .catch_unwind()
-                .await
-            {
-                Ok(Some(addr)) => addr,
-                Ok(None) => {
-                    tracing::debug!(wait = ?self.throttle_wait, "address source has no address");
-                    self.shared.no_address();
-                    // One wait before the next ask: this one, or the
-                    // throttle's at the top of the loop.
-                    if self.shared.consecutive_failures() < u64::from(self.max_failures) {
-                        tokio::time::sleep(self.throttle_wait).await;
-                    }
-                    continue;
+            let anchor = if Some(i) == block_relay {
+                self.anchors.pop_front()
+            } else {
+                None
+            };
+            let addr = match anchor {
+                Some(anchor) => {
+                    tracing::debug!(addr = %anchor, "dialing anchor");
+                    anchor
                 }
-                Err(_) => {
-                    self.shared.panicked("address source");
-                    self.shared.attempt_ended(false);
-                    // Yield, so that a source that always panics cannot
-                    // hold this worker until the throttle starts.
-                    tokio::task::yield_now().await;
-                    continue;
-                }
+                None => match self.next_candidate(&mut source).await {
+                    Some(addr) => addr,
+                    None => continue,
+                },
             };
             let started = Instant::now();
             // The ready stack (holding its permit) goes with the candidate;
             // the next round starts from a fresh clone.
-            let ready = std::mem::replace(&mut svc, self.limited());
+            let ready = std::mem::replace(&mut svcs[i], self.limited(i));
             let dial = AutoDial {
                 addr,
                 started,
                 svc: ready,
+                class: self.classes[i].class,
             };
             if self.tx.send(dial).await.is_err() {
                 return;
@@ -178,8 +167,79 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
         }
     }
 
-    /// A fresh clone of the dial stack behind the outbound limit.
-    fn limited(&self) -> OutboundLimit<D> {
-        OutboundLimit::with_semaphore(self.dialer.clone(), self.permits.clone())
+    /// Waits out the throttles, then asks the source for a candidate;
+    /// `None` when it had none (or panicked), after the wait that follows.
+    async fn next_candidate<S: AddressSource<A>>(&mut self, source: &mut S) -> Option<A> {
+        // A source that offers only candidates the policy skips (full
+        // netgroups, duplicates, bans) is asked a bounded number of times,
+        // then rests like a failing one.
+        if self.shared.skips_in_a_row() >= SKIPS_PER_ROUND {
+            self.shared.reset_skips();
+            self.shared.throttled();
+            tracing::debug!(wait = ?self.throttle_wait, "only skipped candidates: waiting");
+            tokio::time::sleep(self.throttle_wait).await;
+        }
+        if self.shared.consecutive_failures() >= u64::from(self.max_failures) {
+            self.shared.throttled();
+            tracing::debug!(
+                failures = self.shared.consecutive_failures(),
+                wait = ?self.throttle_wait,
+                "failure throttle: waiting before the next automatic dial"
+            );
+            tokio::time::sleep(self.throttle_wait).await;
+        }
+        match AssertUnwindSafe(async { source.next_address().await })
+            .catch_unwind()
+            .await
+        {
+            Ok(Some(addr)) => Some(addr),
+            Ok(None) => {
+                tracing::debug!(wait = ?self.throttle_wait, "address source has no address");
+                self.shared.no_address();
+                // One wait before the next ask: this one, or the
+                // throttle's at the top of the loop.
+                if self.shared.consecutive_failures() < u64::from(self.max_failures) {
+                    tokio::time::sleep(self.throttle_wait).await;
+                }
+                None
+            }
+            Err(_) => {
+                self.shared.panicked("address source");
+                self.shared.attempt_ended(false);
+                // Yield, so that a source that always panics cannot
+                // hold this worker until the throttle starts.
+                tokio::task::yield_now().await;
+                None
+            }
+        }
     }
+
+    /// A fresh clone of the dial stack behind class `i`'s outbound limit.
+    fn limited(&self, i: usize) -> OutboundLimit<D> {
+        OutboundLimit::with_semaphore(self.dialer.clone(), self.classes[i].permits.clone())
+    }
+}
+
+/// Polls the stacks in order (only stack `only`, if set) and returns the
+/// first that is ready, with its readiness: an error of the stack, or
+/// `Err(())` when its `poll_ready` panicked.
+fn poll_any<A, D: Service<A>>(
+    svcs: &mut [OutboundLimit<D>],
+    only: Option<usize>,
+    cx: &mut Context<'_>,
+) -> Poll<(usize, Result<Result<(), BoxError>, ()>)>
+where
+    D::Error: Into<BoxError>,
+{
+    for (i, svc) in svcs.iter_mut().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| svc.poll_ready(cx))) {
+            Ok(Poll::Pending) => {}
+            Ok(Poll::Ready(ready)) => return Poll::Ready((i, Ok(ready.map_err(Into::into)))),
+            Err(_) => return Poll::Ready((i, Err(()))),
+        }
+    }
+    Poll::Pending
 }

@@ -5,8 +5,8 @@ use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    ConnId, ConnKind, ConnState, Counters, Error, Points, Report, Snapshot, counters::Shared,
-    message::Command,
+    ConnClass, ConnId, ConnKind, ConnState, Counters, Error, Points, Report, Snapshot,
+    counters::Shared, message::Command,
 };
 use crate::policy::{Ban, Subnet};
 
@@ -223,6 +223,40 @@ impl<A> Handle<A> {
     /// [`Error::UnknownId`] when no live entry has this id.
     pub async fn report(&self, id: ConnId, report: Report) -> Result<(), Error> {
         self.ask(|reply| Command::Report { id, report, reply })
+            .await?
+    }
+
+    /// Lets automatic connections of `class` go one above their target
+    /// until one of them ends: Core's extra outbound peer, for a tip that
+    /// looks stale. The fill task dials one more (retrying until it
+    /// connects); when any connection of the class then ends, or is made
+    /// permanent, the class is back at its target and nothing replaces it.
+    /// Choose which one to drop with
+    /// [`drop_candidate`](Self::drop_candidate) and close it with
+    /// [`disconnect`](Self::disconnect).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoTarget`] for a class without a target (feelers, or a
+    /// target of 0); [`Error::ExtraPending`] when the class may already go
+    /// one above.
+    pub async fn extra_outbound(&self, class: ConnClass) -> Result<(), Error> {
+        self.ask(|reply| Command::ExtraOutbound { class, reply })
+            .await?
+    }
+
+    /// The established automatic connection of `class` that is the best
+    /// one to drop, as Core picks after an extra outbound peer: the one
+    /// whose last new block came longest ago (never counts as longest; see
+    /// [`report`](Self::report) with [`Report::Block`]), and among equals
+    /// the youngest. `None` when the class has no connection. The manager
+    /// closes nothing: the application decides.
+    ///
+    /// # Errors
+    ///
+    /// Only [`Error::Stopped`].
+    pub async fn drop_candidate(&self, class: ConnClass) -> Result<Option<ConnId>, Error> {
+        self.ask(|reply| Command::DropCandidate { class, reply })
             .await?
     }
 

@@ -9,7 +9,9 @@ use tokio::{
 };
 use tower::BoxError;
 
-use super::{ConnId, ConnKind, ConnState, Error, Points, Report, Snapshot, connection::Control};
+use super::{
+    ConnClass, ConnId, ConnKind, ConnState, Error, Points, Report, Snapshot, connection::Control,
+};
 use crate::policy::{Ban, Subnet, state::Origin};
 
 /// A command from a [`Handle`](super::Handle); the reply goes back on the
@@ -59,6 +61,14 @@ pub(crate) enum Command<A> {
         report: Report,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    ExtraOutbound {
+        class: ConnClass,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    DropCandidate {
+        class: ConnClass,
+        reply: oneshot::Sender<Result<Option<ConnId>, Error>>,
+    },
     Stop {
         close: bool,
         reply: oneshot::Sender<()>,
@@ -72,6 +82,7 @@ pub(crate) struct AutoDial<A, S> {
     pub(crate) addr: A,
     pub(crate) started: Instant,
     pub(crate) svc: S,
+    pub(crate) class: ConnClass,
 }
 
 /// A connection, with the outbound permit it holds if it is automatic.

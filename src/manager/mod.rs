@@ -169,6 +169,7 @@
 mod accept;
 mod actor;
 mod builder;
+mod class;
 mod config;
 mod connection;
 mod counters;
@@ -187,8 +188,10 @@ mod types;
 pub use self::counters::names as metric_names;
 pub use self::{
     builder::{Builder, ConfigError, ListenerOptions},
+    class::ConnClass,
     config::{
-        DEFAULT_CALLBACK_QUEUE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FAILURES, DEFAULT_MAX_INBOUND,
+        DEFAULT_CALLBACK_QUEUE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FEELER_HOLD,
+        DEFAULT_FEELER_INTERVAL, DEFAULT_MAX_ANCHORS, DEFAULT_MAX_FAILURES, DEFAULT_MAX_INBOUND,
         DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_STABLE_PERIOD, DEFAULT_STOP_GRACE,
         DEFAULT_TARGET_OUTBOUND,
     },
@@ -197,8 +200,8 @@ pub use self::{
     handle::{Handle, WeakHandle},
     traits::{Address, DialService},
     types::{
-        ConnId, ConnKind, ConnState, Counters, DialFailure, Direction, DisconnectReason,
-        Disconnected, Entry, Refusals, Report, Snapshot,
+        ConnId, ConnKind, ConnState, Counters, DialCounts, DialFailure, Direction,
+        DisconnectReason, Disconnected, Entry, Refusals, Report, Snapshot,
     },
 };
 pub use crate::source::AddressSource;

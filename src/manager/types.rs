@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr};
 use tokio::time::Instant;
 use tower::BoxError;
 
-use super::ConnInfo;
+use super::{ConnClass, ConnInfo};
 use crate::policy::{Ban, Network, Permissions, Refusal};
 
 /// The id of a connection request. Ids start at 1 and are never reused
@@ -124,7 +124,8 @@ pub struct Entry<A = SocketAddr> {
     pub state: ConnState,
     /// Dials made for this request so far.
     pub attempts: u32,
-    /// When the next dial is due, if one is scheduled.
+    /// When the next dial is due, if one is scheduled; for an established
+    /// [feeler](ConnClass::Feeler), when the manager closes it.
     pub next_attempt: Option<Instant>,
     /// Since when the connection is up, if it is.
     pub connected_since: Option<Instant>,
@@ -211,6 +212,39 @@ pub struct Counters {
     pub bans: u64,
     /// Errors returned by `accept` (each followed by a backoff).
     pub accept_errors: u64,
+    /// The dial counts of each class: see [`class`](Self::class).
+    pub(crate) classes: [DialCounts; 3],
+}
+
+impl Counters {
+    /// The dial counts of `class`. The classes add up to the totals:
+    /// `dials` is the sum of every class's `dials`, and so on.
+    pub fn class(&self, class: ConnClass) -> DialCounts {
+        self.classes[class.index()]
+    }
+}
+
+/// The dials of one [`ConnClass`], counted as [`Counters`] counts them:
+/// once every dial has ended, `dials == established + failures + canceled`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DialCounts {
+    /// Dials started.
+    pub dials: u64,
+    /// Connections delivered.
+    pub established: u64,
+    /// Dials that failed.
+    pub failures: u64,
+    /// Dials ended by `remove` or stop.
+    pub canceled: u64,
+}
+
+impl DialCounts {
+    /// Whether every dial counted has ended one way:
+    /// `dials == established + failures + canceled`.
+    pub fn settled(&self) -> bool {
+        self.dials == self.established + self.failures + self.canceled
+    }
 }
 
 /// Counts by [`Refusal`].
@@ -287,6 +321,19 @@ impl<A> Snapshot<A> {
             .filter(|e| e.state == ConnState::Established && e.info.kind == kind)
             .count()
     }
+
+    /// How many automatic connections of `class` are established: what
+    /// its target keeps filled (feelers for [`ConnClass::Feeler`]).
+    pub fn established_in(&self, class: ConnClass) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| {
+                e.state == ConnState::Established
+                    && e.info.kind == ConnKind::Automatic
+                    && e.info.class == class
+            })
+            .count()
+    }
 }
 
 /// A failed dial, as reported to `on_dial_failure`.
@@ -329,6 +376,9 @@ pub enum DisconnectReason {
     /// closes such a peer after 20 minutes). A permanent peer is
     /// reconnected.
     Inactive,
+    /// A [feeler](ConnClass::Feeler) held for the
+    /// [feeler hold](super::Builder::feeler_hold): its test is over.
+    FeelerDone,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -341,6 +391,7 @@ impl fmt::Display for DisconnectReason {
             Self::Evicted => "evicted",
             Self::Banned => "banned",
             Self::Inactive => "inactive",
+            Self::FeelerDone => "feeler done",
         })
     }
 }

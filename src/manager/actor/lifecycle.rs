@@ -9,8 +9,9 @@ use tracing::Instrument;
 use super::{Actor, LONGEST_DELAY, Slot, TOMBSTONES};
 use crate::limit::OutboundLimit;
 use crate::manager::{
-    Address, ConnId, ConnInfo, ConnKind, ConnState, Connection, DialFailure, DialService,
-    Direction, DisconnectReason, Disconnected, Error,
+    Address, ConnClass, ConnId, ConnInfo, ConnKind, ConnState, Connection, DialFailure,
+    DialService, Direction, DisconnectReason, Disconnected, Error,
+    class::ClassPermit,
     connection::Control,
     counters::Shared,
     dial,
@@ -28,14 +29,19 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         &mut self,
         id: ConnId,
         addr: A,
-        kind: ConnKind,
+        (kind, class): (ConnKind, ConnClass),
         place: Place,
     ) -> &mut Slot<A> {
         let span = tracing::debug_span!("conn", %id, %addr, %kind);
         self.shared
-            .state_changed(kind, None, Some(ConnState::Pending));
+            .state_changed((kind, class), None, Some(ConnState::Pending));
         self.slots.entry(id).or_insert(Slot {
-            info: ConnInfo { id, addr, kind },
+            info: ConnInfo {
+                id,
+                addr,
+                kind,
+                class,
+            },
             state: ConnState::Pending,
             attempts: 0,
             retries: 0,
@@ -84,7 +90,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         }
         let id = self.shared.next_id();
         let place = self.peers.add_outbound(&addr, id, false);
-        let slot = self.insert(id, addr, kind, place);
+        let slot = self.insert(id, addr, (kind, ConnClass::FullRelay), place);
         tracing::debug!(parent: &slot.span, %kind, "connection requested");
         if inbound.is_some() {
             tracing::debug!(parent: &slot.span, "host connected inbound: dialing when it is free");
@@ -114,11 +120,12 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        let old = slot.info.kind;
-        self.shared.state_changed(old, Some(slot.state), None);
+        let (old, class) = (slot.info.kind, slot.info.class);
+        self.shared
+            .state_changed((old, class), Some(slot.state), None);
         slot.info.kind = ConnKind::Permanent;
         self.shared
-            .state_changed(ConnKind::Permanent, None, Some(slot.state));
+            .state_changed((ConnKind::Permanent, class), None, Some(slot.state));
         slot.place = self.peers.upgrade(&slot.info.addr, slot.place);
         if let Some(control) = &slot.control {
             control.release();
@@ -140,7 +147,12 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     }
 
     pub(super) fn on_auto_dial(&mut self, dial: AutoDial<A, OutboundLimit<D>>) {
-        let AutoDial { addr, started, svc } = dial;
+        let AutoDial {
+            addr,
+            started,
+            svc,
+            class,
+        } = dial;
         if let Err(why) = self.peers.may_dial(&addr, true, Instant::now()) {
             // Not a dial and not a failure, and the stack never sees it:
             // dropping the ready stack frees its permit for the next one.
@@ -154,7 +166,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         self.shared.candidate_taken();
         let id = self.shared.next_id();
         let place = self.peers.add_outbound(&addr, id, true);
-        let slot = self.insert(id, addr.clone(), ConnKind::Automatic, place);
+        let slot = self.insert(id, addr.clone(), (ConnKind::Automatic, class), place);
         slot.attempts = 1;
         slot.started = started;
         tracing::debug!(parent: &slot.span, "dialing automatic peer");
@@ -186,7 +198,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        self.shared.dial_started();
+        self.shared.dial_started(slot.info.class);
         let task = dial::run(
             id,
             fut,
@@ -218,21 +230,36 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             return;
         };
         // A request made permanent while it dialed holds no target slot.
-        let permit = permit.filter(|_| slot.info.kind == ConnKind::Automatic);
+        let class = slot.info.class;
+        let permit = permit
+            .filter(|_| slot.info.kind == ConnKind::Automatic)
+            .and_then(|p| {
+                let limit = self.limits.iter().find(|l| l.class == class)?;
+                Some(ClassPermit::new(p, limit.clone()))
+            });
         set_state(&self.shared, slot, ConnState::Established);
-        slot.since = Some(Instant::now());
-        slot.idle = (0, Instant::now());
+        let now = Instant::now();
+        slot.since = Some(now);
+        slot.idle = (0, now);
         let control = Control::new(permit);
         slot.control = Some(control.clone());
-        self.shared.dial_established();
+        self.shared.dial_established(class);
+        if let (ConnClass::Feeler, Some(feelers)) = (class, &self.feelers) {
+            // Closed at the end of its hold, unless its owner drops it
+            // first; `end` takes the timer away.
+            let at = now + feelers.hold();
+            slot.next_attempt = Some(at);
+            self.retries.insert(at, id);
+        }
         if let Some(o) = &self.observer {
             o.connected(&slot.info.addr);
         }
         tracing::debug!(parent: &slot.span, "connection established");
         // An automatic connection's drop frees a permit: the fill task
         // hears of it first.
-        let notices = match (&self.auto_dropped_tx, slot.info.kind) {
-            (Some(fill), ConnKind::Automatic) => fill.clone(),
+        let notices = match (&self.auto_dropped_tx, slot.info.kind, class) {
+            (_, _, ConnClass::Feeler) => self.dropped_tx.clone(),
+            (Some(fill), ConnKind::Automatic, _) => fill.clone(),
             _ => self.dropped_tx.clone(),
         };
         let conn = Connection::new(io, slot.info.clone(), control, Some(notices));
@@ -247,7 +274,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        self.shared.dial_failed(&error);
+        self.shared.dial_failed(slot.info.class, &error);
         if let Some(o) = &self.observer {
             o.failed(&slot.info.addr);
         }
@@ -359,6 +386,13 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         };
         // The timer has fired: it must not be removed again.
         slot.next_attempt = None;
+        if slot.info.class == ConnClass::Feeler {
+            // A feeler's hold is over.
+            if slot.state == ConnState::Established {
+                self.connection_ended(id, DisconnectReason::FeelerDone);
+            }
+            return;
+        }
         if self.peers.inbound_from(&slot.info.addr).is_some() {
             // The host is still connected inbound: wait again.
             let state = slot.state;
@@ -377,7 +411,10 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             }
             self.peers.remove(&slot.info.addr, id, slot.place);
             self.shared
-                .state_changed(slot.info.kind, Some(slot.state), None);
+                .state_changed((slot.info.kind, slot.info.class), Some(slot.state), None);
+            if let Some(feelers) = self.feelers.as_mut().filter(|f| f.in_flight == Some(id)) {
+                feelers.in_flight = None;
+            }
         }
         if self.ended.len() == TOMBSTONES {
             self.ended.pop_front();
@@ -387,6 +424,10 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
 }
 
 pub(super) fn set_state<A>(shared: &Shared, slot: &mut Slot<A>, state: ConnState) {
-    shared.state_changed(slot.info.kind, Some(slot.state), Some(state));
+    shared.state_changed(
+        (slot.info.kind, slot.info.class),
+        Some(slot.state),
+        Some(state),
+    );
     slot.state = state;
 }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::mpsc,
     task::{AbortHandle, JoinHandle, JoinSet},
     time::Instant,
 };
@@ -25,8 +25,9 @@ use tracing::Span;
 
 use super::persist::Persist;
 use super::{
-    Address, ConnId, ConnInfo, ConnState, DialService, DisconnectReason, Entry, Error, Handle,
-    Snapshot, accept,
+    Address, ConnClass, ConnId, ConnInfo, ConnState, DialService, DisconnectReason, Entry, Error,
+    Handle, Snapshot, accept,
+    class::ClassLimit,
     config::Config,
     connection::Control,
     counters::Shared,
@@ -42,6 +43,7 @@ use crate::{
     source::Observer,
 };
 
+mod classes;
 mod lifecycle;
 mod policy;
 mod stop;
@@ -102,6 +104,12 @@ struct Wants {
 
 pub(crate) struct Actor<A, D: Service<A>> {
     dialer: D,
+    /// The outbound limit of each class with a target.
+    limits: Vec<Arc<ClassLimit>>,
+    /// The feeler schedule, with an address manager.
+    feelers: Option<classes::FeelerState<A>>,
+    /// The address manager the anchors are saved in on stop, and how many.
+    anchors: Option<(AddrMan<A>, usize)>,
     backoff: Backoff,
     stable_period: Duration,
     connect_timeout: Option<Duration>,
@@ -177,7 +185,12 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
 
     let mut tasks = JoinSet::new();
     let (mut auto, mut auto_dropped_tx) = (None, None);
-    if let Some(fill) = config.fill.filter(|_| config.target_outbound > 0) {
+    let limits: Vec<Arc<ClassLimit>> = ConnClass::ALL
+        .into_iter()
+        .filter(|c| config.targets[c.index()] > 0)
+        .map(|c| ClassLimit::new(c, config.targets[c.index()]))
+        .collect();
+    if let Some(fill) = config.fill.filter(|_| !limits.is_empty()) {
         let (tx, rx) = mpsc::channel(BATCH);
         auto = Some(rx);
         // Bounded by the target, as `dropped`: one notice per automatic
@@ -192,7 +205,8 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
             fill(
                 Fill {
                     dialer: config.dialer.clone(),
-                    permits: Arc::new(Semaphore::new(config.target_outbound)),
+                    classes: limits.clone(),
+                    anchors: config.anchors.into(),
                     tx,
                     shared: shared.clone(),
                     throttle_wait: config.throttle_wait,
@@ -219,6 +233,9 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
 
     let actor = Actor {
         dialer: config.dialer,
+        limits,
+        feelers: config.feelers.map(classes::FeelerState::new),
+        anchors: config.addrman.map(|man| (man, config.max_anchors)),
         backoff: config.backoff,
         stable_period: config.stable_period,
         connect_timeout: config.connect_timeout,
@@ -299,6 +316,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 _ = next_tick(self.inactivity.as_mut().map(|(_, every)| every)) => {
                     self.close_inactive();
                 }
+                () = classes::feeler_due(&mut self.feelers) => self.on_feeler_due(),
                 // No new automatic dial while the callbacks are behind.
                 n = recv_many(&mut self.auto, &mut autos), if !behind => {
                     if n == 0 {
@@ -436,6 +454,12 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             }
             Command::Report { id, report, reply } => {
                 let _ = reply.send(self.report(id, report));
+            }
+            Command::ExtraOutbound { class, reply } => {
+                let _ = reply.send(self.extra_outbound(class));
+            }
+            Command::DropCandidate { class, reply } => {
+                let _ = reply.send(Ok(self.drop_candidate(class)));
             }
             // `run` handles Stop itself.
             Command::Stop { .. } => {}

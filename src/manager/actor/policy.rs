@@ -54,7 +54,12 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         }
         let id = self.shared.next_id();
         let place = self.peers.add_inbound(ip, origin);
-        self.insert(id, to_addr(peer), ConnKind::Inbound, place);
+        self.insert(
+            id,
+            to_addr(peer),
+            (ConnKind::Inbound, crate::manager::ConnClass::FullRelay),
+            place,
+        );
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
@@ -116,7 +121,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         }
         if let Some(dial) = slot.dial.take() {
             dial.abort();
-            self.shared.dial_canceled();
+            self.shared.dial_canceled(slot.info.class);
         }
         if let (Some(o), Place::Outbound { .. }) = (&self.observer, slot.place) {
             o.canceled(&slot.info.addr);

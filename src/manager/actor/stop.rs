@@ -21,7 +21,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         for slot in self.slots.values_mut() {
             if let Some(dial) = slot.dial.take() {
                 dial.abort();
-                self.shared.dial_canceled();
+                self.shared.dial_canceled(slot.info.class);
             }
         }
         self.dials.close();
@@ -35,6 +35,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 }
             }
         }
+        self.save_anchors();
         // Closing only now: the owners' tasks wake up to drop their
         // connections, and stop need not wait behind that work.
         if close {
