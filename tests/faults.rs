@@ -19,34 +19,9 @@ use connmgr::{
     manager::{ConnKind, ConnManager, ConnState, DisconnectReason, Panicked},
     socks::{Socks5Error, Socks5ErrorKind, Socks5Layer},
 };
-use support::{HoldingPeer, manager::record, settle, until, until_async};
+use support::{Gate, HoldingPeer, manager::record, settle, until, until_async};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
-
-/// A gate a blocking callback waits at until the test opens it.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-impl Gate {
-    /// Blocks this thread, as a stuck callback would. `block_in_place`
-    /// hands the worker's other tasks to another thread first, as an
-    /// application that blocks in a callback should.
-    fn wait(&self) {
-        tokio::task::block_in_place(|| {
-            let (open, cv) = &*self.0;
-            let mut open = open.lock().expect("gate");
-            while !*open {
-                open = cv.wait(open).expect("gate");
-            }
-        });
-    }
-
-    fn open(&self) {
-        let (open, cv) = &*self.0;
-        *open.lock().expect("gate") = true;
-        cv.notify_all();
-    }
-}
 
 /// A source that panics on its first call and then offers `addr`: the panic
 /// costs one failed attempt (it feeds the throttle, here set to start after

@@ -491,8 +491,15 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
             });
         // Core reads anchors.dat and deletes it: taken from the table, they
         // are not saved again unless they are anchors at the next stop.
+        let block_relay = self.targets[ConnClass::BlockRelay.index()];
         let anchors = match &self.addrman {
-            Some(man) if self.targets[ConnClass::BlockRelay.index()] > 0 => man.take_anchors(),
+            // No more than the class holds: the fill task serves only
+            // anchors while any are left.
+            Some(man) if block_relay > 0 => {
+                let mut anchors = man.take_anchors();
+                anchors.truncate(block_relay.min(self.max_anchors));
+                anchors
+            }
             Some(man) => {
                 let dropped = man.take_anchors().len();
                 if dropped > 0 {

@@ -236,3 +236,28 @@ pub async fn connect_from(from: std::net::Ipv4Addr, target: SocketAddr) -> tokio
     socket.bind((from, 0).into()).expect("bind source address");
     socket.connect(target).await.expect("connect")
 }
+
+/// A gate a blocking callback waits at until the test opens it.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Blocks this thread, as a stuck callback would. `block_in_place`
+    /// hands the worker's other tasks to another thread first, as an
+    /// application that blocks in a callback should.
+    pub fn wait(&self) {
+        tokio::task::block_in_place(|| {
+            let (open, cv) = &*self.0;
+            let mut open = open.lock().expect("gate");
+            while !*open {
+                open = cv.wait(open).expect("gate");
+            }
+        });
+    }
+
+    pub fn open(&self) {
+        let (open, cv) = &*self.0;
+        *open.lock().expect("gate") = true;
+        cv.notify_all();
+    }
+}
