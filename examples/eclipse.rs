@@ -11,7 +11,7 @@
 #[path = "../tests/sim/eclipse.rs"]
 mod eclipse;
 
-use eclipse::{Kind, Params, many};
+use eclipse::{Kind, Layout, Params, many, many_with};
 
 fn main() {
     let runs: u64 = std::env::args()
@@ -33,6 +33,14 @@ fn main() {
             let (all, mean) = many(kind, &p, runs).await;
             println!(
                 "{kind:?}: attacker holds all 8 slots in {all} of {runs} runs ({:.1} %), mean share {mean:.3}",
+                100.0 * all as f64 / runs as f64
+            );
+        }
+        for layout in [Layout::Core, Layout::Anchors] {
+            let (all, mean, block) = many_with(Kind::AddrMan, layout, &p, runs).await;
+            println!(
+                "AddrMan, {layout:?} layout (8 full-relay + 2 block-relay, feelers{}): eclipsed in {all} of {runs} runs ({:.1} %), mean share {mean:.3}, of the block-relay slots {block:.3}",
+                if layout == Layout::Anchors { ", anchors" } else { "" },
                 100.0 * all as f64 / runs as f64
             );
         }

@@ -1,18 +1,23 @@
 //! A connection manager keeping a small local network connected, starting
 //! from DNS seeds the first time and from its saved address table after.
 //!
-//! Starts a dozen loopback "peers" on 127.0.1.1 to 127.0.1.12, one port
+//! Starts sixteen loopback "peers" on 127.0.1.1 to 127.0.1.16, one port
 //! (some accept and hold, some refuse, some accept and drop after a few
 //! seconds) and a DNS server on loopback whose two seed names answer with
 //! their addresses. The manager draws from an address manager
 //! (`connmgr::addrman`, local addresses admitted since all of this is on
 //! loopback), which seeds from those names (through hickory-resolver, asking
-//! that server) only when it has nothing usable. It keeps a target of 8
-//! automatic connections plus 2 permanent peers, one of which is down for
-//! the first seconds. Every second it shows the state map and the counters.
-//! It stops by itself after 20 seconds (or on Ctrl-C), saves its table (in
-//! the system's temporary directory) and prints a summary. Run it again: it
-//! starts from the saved table, says so, and dials before it seeds.
+//! that server) only when it has nothing usable. It keeps Bitcoin Core's
+//! outbound layout: 8 full-relay and 2 block-relay automatic connections,
+//! feelers that test addresses of the new table (every 2 s on average here,
+//! Core's 2 minutes shortened for the demo), plus 2 permanent peers, one of
+//! which is down for the first seconds. Every second it shows the state
+//! map, with each connection's class, and the counters per class. It stops
+//! by itself after 20 seconds (or on Ctrl-C), saves its table with the
+//! block-relay peers as anchors (in the system's temporary directory) and
+//! prints a summary. Run it again: it starts from the saved table, dials
+//! the anchors before anything else, and dials from the table before it
+//! seeds.
 //!
 //! Run with:
 //!
@@ -36,7 +41,7 @@ use std::{
 use connmgr::{
     addrman::AddrMan,
     backoff::JitterRng,
-    manager::{ConnManager, ConnState, Snapshot},
+    manager::{ConnClass, ConnManager, ConnState, Snapshot},
     resolve::HickoryResolver,
     seed::DnsSeeder,
 };
@@ -66,11 +71,11 @@ async fn main() -> Result<(), connmgr::BoxError> {
         Err(_) => TcpListener::bind("127.0.1.1:0").await?.local_addr()?.port(),
     };
     let peer = |host: u8| SocketAddr::from(([127, 0, 1, host], port));
-    for host in 1..=6 {
+    for host in 1..=10 {
         holding_peer(peer(host)).await?;
     }
-    // 127.0.1.7 to .9 refuse: nothing listens there.
-    for (i, host) in (10..=12).enumerate() {
+    // 127.0.1.11 to .13 refuse: nothing listens there.
+    for (i, host) in (14..=16).enumerate() {
         flaky_peer(peer(host), Duration::from_secs(2 + 2 * i as u64)).await?;
     }
     let permanent_up = SocketAddr::from(([127, 0, 2, 1], port));
@@ -90,8 +95,8 @@ async fn main() -> Result<(), connmgr::BoxError> {
     };
     let dns = dns::DnsServer::start(
         vec![
-            ("seed-a.connmgr.test", ips(1..=6)),
-            ("seed-b.connmgr.test", ips(7..=12)),
+            ("seed-a.connmgr.test", ips(1..=8)),
+            ("seed-b.connmgr.test", ips(9..=16)),
         ],
         vec![],
     )
@@ -118,13 +123,24 @@ async fn main() -> Result<(), connmgr::BoxError> {
             file.display()
         );
     }
+    let anchors = table.anchors();
+    if !anchors.is_empty() {
+        let shown: Vec<String> = anchors.iter().map(ToString::to_string).collect();
+        println!(
+            "anchors from the last run, dialled first as block-relay: {}",
+            shown.join(", ")
+        );
+    }
     let table = table.seeder(seeder);
 
     let rng = JitterRng::seeded(7);
     let events = Arc::new(AtomicU64::new(0));
     let (on_conn, on_disc) = (events.clone(), events.clone());
     let handle = ConnManager::builder()
-        .target_outbound(8)
+        // Core's layout: 8 full-relay, 2 block-relay, feelers, 2 anchors.
+        .core_layout()
+        .feelers(Some(Duration::from_secs(2)))
+        .feeler_hold(Duration::from_secs(1))
         .retry_base(Duration::from_millis(500))
         .retry_cap(Duration::from_secs(4))
         .stable_period(Duration::from_secs(3))
@@ -136,7 +152,13 @@ async fn main() -> Result<(), connmgr::BoxError> {
         .save_to(&file, Duration::from_secs(60))
         .on_connection(move |mut conn| {
             on_conn.fetch_add(1, Ordering::Relaxed);
-            // The "peer protocol": read until the peer hangs up.
+            if conn.class() == ConnClass::Feeler {
+                // A feeler has done its job once it connected (a node
+                // would close it after the version handshake).
+                return;
+            }
+            // The "peer protocol": read until the peer hangs up; on a
+            // block-relay connection a node would relay blocks only.
             tokio::spawn(async move {
                 let mut buf = [0u8; 256];
                 while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -165,6 +187,8 @@ async fn main() -> Result<(), connmgr::BoxError> {
     let last = handle.snapshot().await?;
     let stop_started = Instant::now();
     handle.stop().await;
+    let anchors: Vec<String> = table.anchors().iter().map(ToString::to_string).collect();
+    println!("anchors saved for the next run: {}", anchors.join(", "));
     let c = last.counters;
     let t = table.stats();
     println!(
@@ -175,10 +199,12 @@ async fn main() -> Result<(), connmgr::BoxError> {
         file.display()
     );
     println!(
-        "done in {:.1}s: {} established now ({} automatic), {} dials, {} failures, {} throttled waits, {} callbacks; stop took {:?}",
+        "done in {:.1}s: {} established now ({} full-relay, {} block-relay), {} feelers, {} dials, {} failures, {} throttled waits, {} callbacks; stop took {:?}",
         started.elapsed().as_secs_f64(),
         last.count(ConnState::Established),
-        last.established(connmgr::manager::ConnKind::Automatic),
+        last.established_in(ConnClass::FullRelay),
+        last.established_in(ConnClass::BlockRelay),
+        c.class(ConnClass::Feeler).dials,
         c.dials,
         c.failures,
         c.throttled,
@@ -195,12 +221,12 @@ fn render(snapshot: &Snapshot, elapsed: Duration, tty: bool) {
         out.push_str("\x1b[2J\x1b[H");
     }
     out.push_str(&format!(
-        "connmgr example, t={:>4.1}s   (target 8 automatic + 2 permanent)\n",
+        "connmgr example, t={:>4.1}s   (Core's layout: 8 full-relay + 2 block-relay, feelers; + 2 permanent)\n",
         elapsed.as_secs_f64()
     ));
     out.push_str(&format!(
-        "{:>5}  {:<21} {:<10} {:<12} {:>8}  {}\n",
-        "id", "address", "kind", "state", "attempts", "next attempt"
+        "{:>5}  {:<21} {:<10} {:<12} {:<12} {:>8}  {}\n",
+        "id", "address", "kind", "class", "state", "attempts", "next attempt"
     ));
     for e in &snapshot.entries {
         let next = e
@@ -208,10 +234,11 @@ fn render(snapshot: &Snapshot, elapsed: Duration, tty: bool) {
             .map(|at| format!("in {:.1}s", at.saturating_duration_since(now).as_secs_f64()))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{:>5}  {:<21} {:<10} {:<12} {:>8}  {}\n",
+            "{:>5}  {:<21} {:<10} {:<12} {:<12} {:>8}  {}\n",
             e.id(),
             e.info.addr.to_string(),
             e.info.kind.to_string(),
+            e.info.class.to_string(),
             e.state.to_string(),
             e.attempts,
             next
@@ -222,6 +249,18 @@ fn render(snapshot: &Snapshot, elapsed: Duration, tty: bool) {
         "dials {}  failures {}  established {}  throttled {}  consecutive failures {}\n",
         c.dials, c.failures, c.established, c.throttled, c.consecutive_failures
     ));
+    for class in ConnClass::ALL {
+        let k = c.class(class);
+        out.push_str(&format!(
+            "  {:<12} established now {:>2}   dials {:>4}  established {:>4}  failures {:>4}  canceled {:>3}\n",
+            class.to_string(),
+            snapshot.established_in(class),
+            k.dials,
+            k.established,
+            k.failures,
+            k.canceled
+        ));
+    }
     if !tty {
         out.push('\n');
     }

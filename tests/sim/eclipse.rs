@@ -17,8 +17,17 @@
 //!    one per /16, each pick dialled (attacker addresses always answer,
 //!    honest ones do).
 //!
-//! The attacker's share is the part of the 8 slots it holds after the
-//! restart.
+//! The attacker's share is the part of the outbound slots it holds after
+//! the restart.
+//!
+//! With [`Layout::Core`], the node keeps Bitcoin Core's layout as the
+//! manager does with `Builder::core_layout`: 8 full-relay slots (which
+//! gossip addresses) and 2 block-relay slots (which do not, and are not
+//! replaced), and a feeler every 2 minutes on average that moves an
+//! address of the new table that answers to tried (the attacker's answer
+//! too). [`Layout::Anchors`] adds anchors: the block-relay peers at the
+//! restart are saved with the table (`AddrMan::set_anchors`, through the
+//! file) and dialled first after it.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -59,6 +68,38 @@ impl Params {
         flood: 1000,
         minutes: 60,
     };
+}
+
+/// Runs so far in this process: each saves in a directory of its own.
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Which outbound layout the node keeps (with the address manager).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// 8 outbound slots, no feelers: the address-manager issue's node.
+    Plain,
+    /// 8 full-relay + 2 block-relay slots, feelers.
+    Core,
+    /// As `Core`, with the block-relay peers kept as anchors across the
+    /// restart.
+    Anchors,
+}
+
+impl Layout {
+    fn block_relay(self) -> usize {
+        if self == Self::Plain { 0 } else { 2 }
+    }
+}
+
+/// The outcome of one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outcome {
+    /// The attacker's part of all outbound slots after the restart.
+    pub share: f64,
+    /// Whether it holds every slot: the node is eclipsed.
+    pub eclipsed: bool,
+    /// Its part of the block-relay slots (0 without them).
+    pub block_share: f64,
 }
 
 /// Which table the node keeps.
@@ -142,11 +183,12 @@ impl Table {
     }
 }
 
-/// Fills the outbound slots up to 8, one per group; returns them.
-fn fill(table: &Table, slots: &mut Vec<SocketAddr>) {
-    let mut used: HashSet<[u8; 2]> = slots.iter().map(group).collect();
+/// Fills `slots` up to `target`, one per group over every slot the node
+/// holds (`others` too).
+fn fill_to(table: &Table, slots: &mut Vec<SocketAddr>, others: &[SocketAddr], target: usize) {
+    let mut used: HashSet<[u8; 2]> = slots.iter().chain(others).map(group).collect();
     for _ in 0..2000 {
-        if slots.len() >= 8 {
+        if slots.len() >= target {
             return;
         }
         let Some(a) = table.pick(&used) else {
@@ -161,13 +203,34 @@ fn fill(table: &Table, slots: &mut Vec<SocketAddr>) {
     }
 }
 
-/// One run: the attacker's share of the 8 slots after the restart.
-pub async fn run(kind: Kind, p: &Params, seed: u64) -> f64 {
+fn fill(table: &Table, slots: &mut Vec<SocketAddr>) {
+    fill_to(table, slots, &[], 8);
+}
+
+/// The feelers of `secs` seconds (one every 2 minutes on average): each
+/// tests an address of the new table, which answers (honest and attacker
+/// addresses alike) and moves to tried.
+fn feelers(table: &Table, rng: &mut fastrand::Rng, secs: f64) {
+    let Table::Man(m) = table else {
+        return;
+    };
+    let mut t = -120.0 * (1.0 - rng.f64()).ln();
+    while t < secs {
+        if let Some(a) = m.select_new() {
+            m.good(&a);
+        }
+        t += -120.0 * (1.0 - rng.f64()).ln();
+    }
+}
+
+/// One run with a layout.
+pub async fn run_with(kind: Kind, layout: Layout, p: &Params, seed: u64) -> Outcome {
     let mut rng = fastrand::Rng::with_seed(seed);
     let table = match kind {
         Kind::Book => Table::Book(AddressBook::new().rng_seed(seed)),
         Kind::AddrMan => Table::Man(AddrMan::seeded(seed)),
     };
+    let with_feelers = layout != Layout::Plain;
     let dns = Source::Seed(Host::name("seed.example.org"));
     table.add(
         (0..200)
@@ -176,10 +239,12 @@ pub async fn run(kind: Kind, p: &Params, seed: u64) -> f64 {
         dns,
     );
 
-    // A day among honest peers.
-    let mut slots = Vec::new();
+    // A day among honest peers. Block-relay peers gossip no addresses and
+    // stay.
+    let (mut slots, mut block) = (Vec::new(), Vec::new());
     for _ in 0..(24 * 6) {
         fill(&table, &mut slots);
+        fill_to(&table, &mut block, &slots, layout.block_relay());
         for peer in &slots {
             let gossip = (0..10)
                 .map(|_| honest_addr(p, rng.u32(..p.honest)))
@@ -189,6 +254,9 @@ pub async fn run(kind: Kind, p: &Params, seed: u64) -> f64 {
         if !slots.is_empty() {
             let gone = slots.swap_remove(rng.usize(..slots.len()));
             table.disconnected(&gone);
+        }
+        if with_feelers {
+            feelers(&table, &mut rng, 600.0);
         }
         tokio::time::advance(Duration::from_secs(600)).await;
     }
@@ -202,44 +270,79 @@ pub async fn run(kind: Kind, p: &Params, seed: u64) -> f64 {
                 .collect();
             table.add(batch, from);
         }
+        if with_feelers {
+            feelers(&table, &mut rng, 60.0);
+        }
         tokio::time::advance(Duration::from_secs(60)).await;
     }
 
     // The restart.
-    let table = match table {
+    let (table, anchors) = match table {
         Table::Man(m) => {
+            if layout == Layout::Anchors {
+                m.set_anchors(block.iter().copied());
+            }
             let dir =
-                std::env::temp_dir().join(format!("connmgr-eclipse-{}-{seed}", std::process::id()));
+                // A directory of its own: runs of other tests go on at once.
+                std::env::temp_dir().join(format!(
+                    "connmgr-eclipse-{}-{seed}-{}",
+                    std::process::id(),
+                    RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ));
             std::fs::create_dir_all(&dir).expect("dir");
             let path = dir.join("peers.dat");
             m.save(&path, &[]).expect("save");
+            // The loaded table's randomness comes from `fastrand`: seeded,
+            // so that a run repeats.
+            fastrand::seed(seed);
             let (back, _) = AddrMan::<SocketAddr>::load(&path, false).expect("load");
             let _ = std::fs::remove_dir_all(&dir);
-            Table::Man(back)
+            let anchors = back.take_anchors();
+            (Table::Man(back), anchors)
         }
         book => {
             for a in slots.drain(..) {
                 book.disconnected(&a);
             }
-            book
+            (book, Vec::new())
         }
     };
+    // Anchors first (they answer: they were connected at the stop), then
+    // the full-relay slots, then the block-relay slots left.
+    let mut block: Vec<SocketAddr> = anchors;
+    block.truncate(layout.block_relay());
+    for a in &block {
+        table.connected(a);
+    }
     let mut slots = Vec::new();
-    fill(&table, &mut slots);
-    let theirs = slots.iter().filter(|a| is_attacker(a)).count();
-    theirs as f64 / slots.len().max(1) as f64
+    fill_to(&table, &mut slots, &block, 8);
+    fill_to(&table, &mut block, &slots, layout.block_relay());
+    let all: Vec<&SocketAddr> = slots.iter().chain(&block).collect();
+    let theirs = all.iter().filter(|a| is_attacker(a)).count();
+    let block_theirs = block.iter().filter(|a| is_attacker(a)).count();
+    Outcome {
+        share: theirs as f64 / all.len().max(1) as f64,
+        eclipsed: !all.is_empty() && theirs == all.len(),
+        block_share: block_theirs as f64 / block.len().max(1) as f64,
+    }
 }
 
 /// Many runs: how often the attacker holds all 8 slots, and its mean
 /// share.
 pub async fn many(kind: Kind, p: &Params, runs: u64) -> (u64, f64) {
-    let (mut all, mut sum) = (0, 0.0);
+    let (all, mean, _) = many_with(kind, Layout::Plain, p, runs).await;
+    (all, mean)
+}
+
+/// Many runs with a layout: how often the node is eclipsed, the
+/// attacker's mean share of all slots, and of the block-relay slots.
+pub async fn many_with(kind: Kind, layout: Layout, p: &Params, runs: u64) -> (u64, f64, f64) {
+    let (mut all, mut sum, mut block) = (0, 0.0, 0.0);
     for seed in 0..runs {
-        let share = run(kind, p, seed).await;
-        if share >= 1.0 {
-            all += 1;
-        }
-        sum += share;
+        let o = run_with(kind, layout, p, seed).await;
+        all += u64::from(o.eclipsed);
+        sum += o.share;
+        block += o.block_share;
     }
-    (all, sum / runs as f64)
+    (all, sum / runs as f64, block / runs as f64)
 }
