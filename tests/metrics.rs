@@ -84,19 +84,32 @@ async fn metrics_published() {
         value(s, MetricKind::Counter, names::INBOUND_REJECTED, &limit),
         1.0
     );
-    assert_eq!(value(s, MetricKind::Counter, names::DIALS, &[]), 2.0);
-    assert_eq!(value(s, MetricKind::Counter, names::ESTABLISHED, &[]), 1.0);
-    let refused_class = [("class", "refused")];
+    // Every outbound metric says the connection's class.
+    let full = [("conn_class", "full-relay")];
+    assert_eq!(value(s, MetricKind::Counter, names::DIALS, &full), 2.0);
+    assert_eq!(
+        value(s, MetricKind::Counter, names::ESTABLISHED, &full),
+        1.0
+    );
+    let refused_class = [("class", "refused"), ("conn_class", "full-relay")];
     assert_eq!(
         value(s, MetricKind::Counter, names::DIAL_FAILURES, &refused_class),
         1.0
     );
-    let permanent_up = [("kind", "permanent"), ("state", "established")];
+    let permanent_up = [
+        ("kind", "permanent"),
+        ("conn_class", "full-relay"),
+        ("state", "established"),
+    ];
     assert_eq!(
         value(s, MetricKind::Gauge, names::CONNECTIONS, &permanent_up),
         1.0
     );
-    let oneshot_pending = [("kind", "one-shot"), ("state", "pending")];
+    let oneshot_pending = [
+        ("kind", "one-shot"),
+        ("conn_class", "full-relay"),
+        ("state", "pending"),
+    ];
     assert_eq!(
         value(s, MetricKind::Gauge, names::CONNECTIONS, &oneshot_pending),
         0.0
@@ -105,7 +118,11 @@ async fn metrics_published() {
         value(s, MetricKind::Counter, names::INBOUND_ACCEPTED, &[]),
         1.0
     );
-    let inbound_up = [("kind", "inbound"), ("state", "established")];
+    let inbound_up = [
+        ("kind", "inbound"),
+        ("conn_class", "full-relay"),
+        ("state", "established"),
+    ];
     assert_eq!(
         value(s, MetricKind::Gauge, names::CONNECTIONS, &inbound_up),
         1.0

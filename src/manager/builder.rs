@@ -156,6 +156,11 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     /// failure counts against it, a candidate the policy refuses is given
     /// back. When it has no usable address it seeds again, at a bounded
     /// rate, if it has a seeder.
+    ///
+    /// With it come [feelers](Self::feelers) (on by default) and
+    /// [anchors](Self::max_anchors): its anchors are taken out at start
+    /// and dialled first as block-relay connections, and the block-relay
+    /// peers at stop become its anchors.
     pub fn address_manager(mut self, addrman: AddrMan<A>) -> Self {
         self.observer = Some(Arc::new(addrman.clone()));
         self.addrman = Some(addrman.clone());

@@ -24,12 +24,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// relay on it.
 ///
 /// Explicit requests and inbound connections are of class `FullRelay`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum ConnClass {
     /// Relays blocks, transactions and addresses (Core's
     /// `OUTBOUND_FULL_RELAY`). The default class: its target is
     /// [`Builder::target_outbound`](super::Builder::target_outbound).
+    #[default]
     FullRelay,
     /// Relays blocks only: no transactions and no addresses (Core's
     /// `BLOCK_RELAY`), which makes it hard to find through
@@ -64,12 +65,6 @@ impl ConnClass {
             Self::BlockRelay => "block-relay",
             Self::Feeler => "feeler",
         }
-    }
-}
-
-impl Default for ConnClass {
-    fn default() -> Self {
-        Self::FullRelay
     }
 }
 

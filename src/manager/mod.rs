@@ -35,6 +35,19 @@
 //!   dial stack's `call`: see [`policy`](crate::policy).
 //!   What it refused is counted ([`Counters::skipped`],
 //!   [`Counters::rejected`]) and logged with the reason.
+//! - **Connection classes** ([`ConnClass`], Bitcoin Core's outbound
+//!   layout). Each class of automatic connections has its own target and
+//!   its own outbound limit; all draw from the one source and share the
+//!   netgroup diversity rule. One class (full-relay) by default;
+//!   [`Builder::core_layout`] keeps Core's 8 full-relay and 2 block-relay
+//!   connections. With an address manager, **feelers** test addresses of
+//!   its new table at exponentially distributed intervals (2 minutes on
+//!   average), outside every target and the failure throttle; on stop the
+//!   block-relay peers are saved as **anchors** and dialled first at the
+//!   next start. [`Handle::extra_outbound`] and [`Handle::drop_candidate`]
+//!   are the primitives of Core's extra outbound peer. The class of each
+//!   connection is in its [`ConnInfo`], the snapshot, the counters
+//!   ([`Counters::class`]) and the metrics.
 //! - **Seeding.** [`Builder::address_book`] draws automatic peers from an
 //!   [`AddressBook`](crate::seed::AddressBook) seeded from DNS.
 //!
@@ -42,13 +55,11 @@
 //!
 //! | task | file | owns |
 //! |---|---|---|
-//! | manager | `actor/` | the state map, retry timers ([`DelayQueue`]), the event backlog |
-//! | fill | `fill.rs` | the address source, the outbound limit, the failure throttle; passes automatic connections' drop notices on |
+//! | manager | `actor/` | the state map, retry and feeler-hold timers, the feeler schedule, the event backlog |
+//! | fill | `fill.rs` | the address source, one outbound limit per class, the anchors to dial first, the failure throttle; passes automatic connections' drop notices on |
 //! | dial (one per attempt) | `dial.rs` | one dial future and its connect timeout |
 //! | accept (one per listener) | `accept.rs` | a listener and the inbound limit |
 //! | callbacks | `events.rs` | the application's callbacks, run in order |
-//!
-//! [`DelayQueue`]: tokio_util::time::DelayQueue
 //!
 //! # Events and backpressure
 //!
@@ -105,17 +116,20 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `connmgr_dials_total` | counter | | dials started |
-//! | `connmgr_established_total` | counter | | outbound connections delivered |
-//! | `connmgr_dial_failures_total` | counter | `class`: `timeout`, `refused`, `connect`, `proxy`, `panic`, `other` | failed dials |
-//! | `connmgr_dials_canceled_total` | counter | | dials ended by `remove` or stop |
+//! | `connmgr_dials_total` | counter | `conn_class` | dials started |
+//! | `connmgr_established_total` | counter | `conn_class` | outbound connections delivered |
+//! | `connmgr_dial_failures_total` | counter | `class`: `timeout`, `refused`, `connect`, `proxy`, `panic`, `other`; `conn_class` | failed dials |
+//! | `connmgr_dials_canceled_total` | counter | `conn_class` | dials ended by `remove` or stop |
 //! | `connmgr_throttle_waits_total` | counter | | waits of the failure throttle |
 //! | `connmgr_no_address_total` | counter | | times the source had no address |
 //! | `connmgr_panics_total` | counter | `what` | panics caught in user code |
 //! | `connmgr_inbound_accepted_total` | counter | | inbound connections accepted |
 //! | `connmgr_inbound_rejected_total` | counter | `reason`: `limit` | inbound connections closed at once |
 //! | `connmgr_accept_errors_total` | counter | | errors from `accept` |
-//! | `connmgr_connections` | gauge | `kind`: `automatic`, `permanent`, `one-shot`, `inbound`; `state`: `pending`, `failing`, `established` | requests and connections now |
+//! | `connmgr_connections` | gauge | `kind`: `automatic`, `permanent`, `one-shot`, `inbound`; `conn_class`; `state`: `pending`, `failing`, `established` | requests and connections now |
+//!
+//! `conn_class` is the connection's [`ConnClass`]: `full-relay`,
+//! `block-relay` or `feeler`.
 //!
 //! # Differences from btcd
 //!
