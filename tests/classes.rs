@@ -575,3 +575,58 @@ async fn extra_outbound_above_target_then_back() {
     handle.stop().await;
     assert_counts_exact(&handle.counters());
 }
+
+/// A feeler gives way to a request for its address: a permanent request
+/// ends the feeler and is a full-relay permanent peer of its own (not a
+/// feeler closed after the hold), and every class's counts stay exact.
+#[tokio::test(start_paused = true)]
+async fn request_for_feeler_address_ends_the_feeler() {
+    let peer = HoldingPeer::start().await;
+    let man = AddrMan::<SocketAddr>::seeded(13).admit_local(true);
+    man.add([peer.addr], Source::User);
+    let (held, on_connection) = keep();
+    let reasons: Arc<Mutex<Vec<DisconnectReason>>> = Arc::default();
+    let r = reasons.clone();
+    let handle = ConnManager::builder()
+        .target_outbound(0)
+        .address_manager(man)
+        .feelers(Some(Duration::from_secs(10)))
+        .feeler_hold(Duration::from_secs(60))
+        .on_connection(on_connection)
+        .on_disconnection(move |d| r.lock().expect("reasons").push(d.reason))
+        .start()
+        .expect("start");
+    until_async("a feeler connected", || async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        !held.lock().expect("held").is_empty()
+    })
+    .await;
+    let feeler = held.lock().expect("held")[0].id();
+    let id = handle
+        .connect_permanent(peer.addr)
+        .await
+        .expect("permanent");
+    assert_ne!(id, feeler);
+    until_async("the permanent peer connected", || async {
+        tokio::task::yield_now().await;
+        held.lock().expect("held").len() == 2
+    })
+    .await;
+    assert!(
+        held.lock().expect("held")[0].is_closed(),
+        "the feeler ended"
+    );
+    assert_eq!(
+        reasons.lock().expect("reasons").as_slice(),
+        [DisconnectReason::FeelerDone]
+    );
+    // Past the feeler hold, the permanent peer is still up, full-relay.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let snap = handle.snapshot().await.expect("snapshot");
+    let entry = snap.get(id).expect("entry");
+    assert_eq!(entry.state, ConnState::Established);
+    assert_eq!(entry.info.class, ConnClass::FullRelay);
+    assert_eq!(entry.info.kind, ConnKind::Permanent);
+    handle.stop().await;
+    assert_counts_exact(&handle.counters());
+}

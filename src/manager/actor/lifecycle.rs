@@ -64,6 +64,16 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     /// inbound peer holds waits, and dials once the host is free.
     pub(super) fn connect(&mut self, addr: A, kind: ConnKind) -> Result<ConnId, Error> {
         let now = Instant::now();
+        // A feeler only tests the address: it gives way to a request.
+        let feeler = self.peers.outbound_to(&addr).filter(|id| {
+            self.slots
+                .get(id)
+                .is_some_and(|s| s.info.class == ConnClass::Feeler)
+        });
+        if let Some(feeler) = feeler {
+            tracing::debug!(%addr, %feeler, "feeler ended for a connection request");
+            let _ = self.close(feeler, DisconnectReason::FeelerDone);
+        }
         if let Some(existing) = self.peers.outbound_to(&addr) {
             // Only a request to this very address: one to another port or
             // form of the host is a duplicate, not the same peer.
