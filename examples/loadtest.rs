@@ -46,6 +46,12 @@
 //!   RSS stays within 10 % of its value at the first tenth and descriptors
 //!   return to the baseline after stop.
 //!
+//! Every scenario also counts heap allocations (a counting global allocator,
+//! `stats_alloc`): `churn` and `refused` print allocations and bytes per
+//! event of each side, `hold` and `accept` the heap each held connection
+//! keeps (live bytes after the fill, over the connections) and the
+//! allocations it took.
+//!
 //! Only loopback addresses are used. Every loop is bounded in count and time.
 
 use std::{
@@ -70,6 +76,38 @@ use tokio::{
 };
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every allocation of this process, counted.
+#[global_allocator]
+static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// Allocations and bytes allocated so far, and the bytes live now.
+#[derive(Debug, Clone, Copy, Default)]
+struct Heap {
+    allocs: u64,
+    bytes: u64,
+    live: i64,
+}
+
+fn heap() -> Heap {
+    let s = HEAP.stats();
+    Heap {
+        allocs: (s.allocations + s.reallocations) as u64,
+        bytes: (s.bytes_allocated + s.bytes_reallocated.max(0) as usize) as u64,
+        live: s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64,
+    }
+}
+
+impl Heap {
+    /// What happened since `earlier`.
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            allocs: self.allocs.saturating_sub(earlier.allocs),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            live: self.live - earlier.live,
+        }
+    }
+}
 
 /// A round may take at most this long before the run is abandoned.
 const ROUND_LIMIT: Duration = Duration::from_secs(120);
@@ -224,13 +262,18 @@ struct Sample {
     value: f64,
     /// Context switches per event.
     switches: f64,
+    /// Heap allocations and bytes allocated per event.
+    allocs: f64,
+    alloc_bytes: f64,
 }
 
-/// Wall time, CPU time and context switches since a round started.
+/// Wall time, CPU time, context switches and allocations since a round
+/// started.
 struct Meter {
     start: Instant,
     cpu0: Duration,
     switches0: u64,
+    heap0: Heap,
 }
 
 impl Meter {
@@ -238,6 +281,7 @@ impl Meter {
         Self {
             cpu0: cpu_time(),
             switches0: context_switches(),
+            heap0: heap(),
             start: Instant::now(),
         }
     }
@@ -245,11 +289,15 @@ impl Meter {
     /// `n` events over `wall` (measured by the caller), with the CPU time
     /// and context switches until now.
     fn sample(&self, wall: Duration, n: u64) -> Sample {
+        let heap = heap().since(self.heap0);
+        let per = |x: u64| x as f64 / n.max(1) as f64;
         Sample {
             wall,
             cpu: cpu_time().saturating_sub(self.cpu0),
             value: n as f64 / wall.as_secs_f64(),
-            switches: context_switches().saturating_sub(self.switches0) as f64 / n.max(1) as f64,
+            switches: per(context_switches().saturating_sub(self.switches0)),
+            allocs: per(heap.allocs),
+            alloc_bytes: per(heap.bytes),
         }
     }
 }
@@ -261,6 +309,8 @@ impl Sample {
         cpu: Duration::ZERO,
         value: 0.0,
         switches: 0.0,
+        allocs: 0.0,
+        alloc_bytes: 0.0,
     };
 }
 
@@ -618,6 +668,15 @@ fn report(scenario: &str, params: &str, unit: &str, a: &[Sample], b: &[Sample]) 
         "context switches per {}: connmgr {sa:.2}, raw {sb:.2}",
         unit_event(unit)
     );
+    let m = |xs: &[Sample], f: fn(&Sample) -> f64| median(xs.iter().map(f).collect());
+    println!(
+        "allocations per {}: connmgr {:.1} ({:.0} B), raw {:.1} ({:.0} B)",
+        unit_event(unit),
+        m(a, |s| s.allocs),
+        m(a, |s| s.alloc_bytes),
+        m(b, |s| s.allocs),
+        m(b, |s| s.alloc_bytes),
+    );
     println!(
         "{scenario} {params} connmgr={:.1} raw={:.1} ratio={ratio:.3} cpu_ratio={:.2} switches={sa:.2}/{sb:.2}",
         median(av),
@@ -679,6 +738,7 @@ fn hold_child(args: &[String]) -> Result<(), Error> {
         .build()?;
     rt.block_on(async move {
         let base = status_kib("VmRSS:");
+        let heap0 = heap();
         let start = Instant::now();
         let (handle, full) = if side == "connmgr" {
             let (handle, full) = counting_manager(addrs, target, target as u64)?;
@@ -709,9 +769,12 @@ fn hold_child(args: &[String]) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let rss = status_kib("VmRSS:");
         let peak = status_kib("VmHWM:");
+        let heap = heap().since(heap0);
         println!(
-            "fill_us={} base_kib={base} rss_kib={rss} peak_kib={peak}",
-            fill.as_micros()
+            "fill_us={} base_kib={base} rss_kib={rss} peak_kib={peak} live_bytes={} allocs={}",
+            fill.as_micros(),
+            heap.live,
+            heap.allocs
         );
         if let Some(h) = handle {
             h.stop_and_close().await;
@@ -726,6 +789,7 @@ fn hold(o: &Opts) -> Result<(), Error> {
         "hold: {} connections per side, {} rounds, each side in its own process",
         o.target, o.rounds
     );
+    let heaps = std::cell::RefCell::new((Vec::new(), Vec::new()));
     let run = |side: &str| -> Result<(f64, f64), Error> {
         let mut args = vec!["__hold".to_string(), side.to_string(), o.target.to_string()];
         args.extend(farm.addrs.iter().map(ToString::to_string));
@@ -736,6 +800,15 @@ fn hold(o: &Opts) -> Result<(), Error> {
         let field = |name| field(&text, name);
         match (field("fill_us"), field("base_kib"), field("peak_kib")) {
             (Some(fill), Some(base), Some(peak)) => {
+                let per = |x: Option<f64>| x.unwrap_or(f64::NAN) / o.target as f64;
+                let heap = (per(field("live_bytes")), per(field("allocs")));
+                let mut heaps = heaps.borrow_mut();
+                if side == "connmgr" {
+                    &mut heaps.0
+                } else {
+                    &mut heaps.1
+                }
+                .push(heap);
                 Ok((fill / 1000.0, (peak - base) * 1024.0 / o.target as f64))
             }
             _ => Err(format!(
@@ -776,6 +849,7 @@ fn hold(o: &Opts) -> Result<(), Error> {
         mem_b,
         mem_a - mem_b
     );
+    print_heap("held", &heaps.borrow());
     println!(
         "hold target={} rounds={} connmgr={:.1} raw={:.1} ratio={fill_ratio:.3} connmgr_bytes_per_conn={mem_a:.0} raw_bytes_per_conn={mem_b:.0}",
         o.target,
@@ -1003,6 +1077,7 @@ fn accept_child(args: &[String]) -> Result<(), Error> {
         let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let base = status_kib("VmRSS:");
+        let heap0 = heap();
         let held = Arc::new(AtomicUsize::new(0));
         let full = Arc::new(Notify::new());
         let hold = move |mut io: Box<dyn HoldIo>, held: &AtomicUsize, full: &Notify| {
@@ -1042,10 +1117,13 @@ fn accept_child(args: &[String]) -> Result<(), Error> {
         std::io::stdout().flush()?;
         // Let allocations settle before reading memory.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let heap = heap().since(heap0);
         println!(
-            "base_kib={base} rss_kib={} peak_kib={}",
+            "base_kib={base} rss_kib={} peak_kib={} live_bytes={} allocs={}",
             status_kib("VmRSS:"),
-            status_kib("VmHWM:")
+            status_kib("VmHWM:"),
+            heap.live,
+            heap.allocs
         );
         std::io::stdout().flush()?;
         tokio::task::spawn_blocking(|| {
@@ -1058,6 +1136,19 @@ fn accept_child(args: &[String]) -> Result<(), Error> {
         }
         Ok::<_, Error>(())
     })
+}
+
+/// Prints the heap per connection of both sides (medians of the rounds).
+fn print_heap(what: &str, (a, b): &(Vec<(f64, f64)>, Vec<(f64, f64)>)) {
+    let m = |xs: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(xs.iter().map(f).collect());
+    println!(
+        "heap per {what} connection: connmgr {:.0} B live ({:.1} allocations), raw {:.0} B live ({:.1} allocations), difference {:.0} B",
+        m(a, |x| x.0),
+        m(a, |x| x.1),
+        m(b, |x| x.0),
+        m(b, |x| x.1),
+        m(a, |x| x.0) - m(b, |x| x.0),
+    );
 }
 
 /// A held inbound stream: a `Connection` or a `TcpStream`.
@@ -1118,24 +1209,29 @@ async fn accept(o: &Opts) -> Result<(), Error> {
             .zip(field("peak_kib"))
             .ok_or("child memory")?;
         let rate = o.target as f64 / wall.as_secs_f64();
-        Ok::<_, Error>((rate, (peak - base) * 1024.0 / o.target as f64))
+        let per = |x: Option<f64>| x.unwrap_or(f64::NAN) / o.target as f64;
+        let heap = (per(field("live_bytes")), per(field("allocs")));
+        Ok::<_, Error>((rate, (peak - base) * 1024.0 / o.target as f64, heap))
     };
+    let mut heaps = (Vec::new(), Vec::new());
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for round in 0..o.rounds {
-        let x = run("connmgr").await?;
-        let y = run("raw").await?;
+        let (x0, x1, xh) = run("connmgr").await?;
+        let (y0, y1, yh) = run("raw").await?;
         println!(
-            "round {round}: connmgr {:.0} accepts/s, {:.0} B/conn   raw {:.0} accepts/s, {:.0} B/conn",
-            x.0, x.1, y.0, y.1
+            "round {round}: connmgr {x0:.0} accepts/s, {x1:.0} B/conn   raw {y0:.0} accepts/s, {y1:.0} B/conn"
         );
-        a.push(x);
-        b.push(y);
+        a.push((x0, x1));
+        b.push((y0, y1));
+        heaps.0.push(xh);
+        heaps.1.push(yh);
     }
     let (rate_ratio, mem_a, mem_b) = paired_medians(&a, &b);
     println!(
         "memory per inbound connection: connmgr {mem_a:.0} B, raw {mem_b:.0} B, difference {:.0} B",
         mem_a - mem_b
     );
+    print_heap("inbound", &heaps);
     println!(
         "accept target={} rounds={} connmgr={:.1} raw={:.1} ratio={rate_ratio:.3} connmgr_bytes_per_conn={mem_a:.0} raw_bytes_per_conn={mem_b:.0}",
         o.target,
