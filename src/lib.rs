@@ -47,6 +47,11 @@
 //!   decided before the dial stack is called, inbound limits, Core's
 //!   eviction with its protections, bans of IP ranges and onion hosts that
 //!   scale, and bounded discouragement of misbehaving peers.
+//! - **Connection classes** ([`manager::ConnClass`]): Bitcoin Core's
+//!   outbound layout, full-relay and block-relay peers each kept at a
+//!   target of their own, feelers that test addresses of the address
+//!   manager ([`addrman`]), anchors that survive a restart, and the
+//!   primitives of Core's extra outbound peer.
 //! - **Seeding** ([`resolve`], [`seed`]): resolvers are `tower::Service`s
 //!   (the system's, Tor's RESOLVE, hickory with the `hickory` feature), and
 //!   DNS seeds fill an address book the manager draws from.

@@ -15,46 +15,17 @@ use connmgr::{
     addrman::{AddrMan, Source},
     backoff::JitterRng,
     manager::{
-        Builder, ConnClass, ConnId, ConnKind, ConnManager, ConnState, Connection, Counters,
-        DisconnectReason, Error, Handle, Report,
+        Builder, ConnClass, ConnId, ConnKind, ConnManager, ConnState, Connection, DisconnectReason,
+        Error, Report,
     },
 };
 use support::{
     Gate, HoldingPeer,
     addrs::temp_dir,
-    manager::{cycle, keep},
+    manager::{assert_counts_exact, cycle, established_in, keep},
     refused_addrs, settle, until_async,
 };
 use tokio::net::TcpStream;
-
-/// Every class's counts are settled and add up to the totals.
-fn assert_counts_exact(c: &Counters) {
-    let mut sum = [0u64; 4];
-    for class in ConnClass::ALL {
-        let k = c.class(class);
-        assert!(k.settled(), "{class}: {k:?}");
-        for (s, n) in sum
-            .iter_mut()
-            .zip([k.dials, k.established, k.failures, k.canceled])
-        {
-            *s += n;
-        }
-    }
-    assert_eq!(
-        sum,
-        [c.dials, c.established, c.failures, c.canceled],
-        "the classes add up to the totals"
-    );
-    assert_eq!(c.dials, c.established + c.failures + c.canceled, "{c:?}");
-}
-
-async fn established_in(handle: &Handle, class: ConnClass) -> usize {
-    handle
-        .snapshot()
-        .await
-        .expect("snapshot")
-        .established_in(class)
-}
 
 /// A dial stack over real TCP that records every address it is asked for,
 /// in order.

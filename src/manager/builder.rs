@@ -220,7 +220,8 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
     /// collision waits on), and a success moves it to tried. One at a time,
     /// at exponentially distributed intervals; never while the callbacks
     /// are behind; they count against no target and never feed the failure
-    /// throttle. The application learns of each in `on_connection` (class
+    /// throttle. The application learns of each in `on_connection` (kind
+    /// [`ConnKind::Feeler`](super::ConnKind::Feeler), class
     /// [`ConnClass::Feeler`]) and should close it after its handshake; the
     /// manager closes it after the [hold](Self::feeler_hold). Default is 2
     /// minutes. `Some(ZERO)` is [`ConfigError::ZeroFeelerInterval`].
@@ -494,31 +495,10 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
                     .as_ref()
                     .map_or_else(fastrand::Rng::new, JitterRng::fork),
             });
-        // Core reads anchors.dat and deletes it: taken from the table, they
-        // are not saved again unless they are anchors at the next stop.
-        let block_relay = self.targets[ConnClass::BlockRelay.index()];
-        let anchors = match &self.addrman {
-            // No more than the class holds: the fill task serves only
-            // anchors while any are left.
-            Some(man) if block_relay > 0 => {
-                let mut anchors = man.take_anchors();
-                anchors.truncate(block_relay.min(self.max_anchors));
-                anchors
-            }
-            Some(man) => {
-                let dropped = man.take_anchors().len();
-                if dropped > 0 {
-                    tracing::debug!(dropped, "anchors dropped: no block-relay target");
-                }
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
         Ok(Config {
             dialer: self.dialer,
             targets: self.targets,
             feelers,
-            anchors,
             max_anchors: self.max_anchors,
             addrman: self.addrman.clone(),
             throttle_wait: self.throttle_wait.unwrap_or(self.retry_base),

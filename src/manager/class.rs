@@ -23,7 +23,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// ([`Connection::class`](super::Connection::class)), so it knows what to
 /// relay on it.
 ///
-/// Explicit requests and inbound connections are of class `FullRelay`.
+/// Explicit requests and inbound connections are of class `FullRelay`, and
+/// so is an automatic connection made permanent
+/// ([`Handle::connect_permanent`](super::Handle::connect_permanent)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum ConnClass {

@@ -51,8 +51,7 @@ pub(crate) struct Config<A, D: Service<A>> {
     /// Feelers: the address manager they test addresses of, the mean time
     /// between two, how long one is held, and their random source.
     pub(crate) feelers: Option<Feelers<A>>,
-    /// Anchors to dial first, and how many to save on stop.
-    pub(crate) anchors: Vec<A>,
+    /// How many anchors to save on stop, and to dial at start.
     pub(crate) max_anchors: usize,
     /// The address manager given to the builder, if any.
     pub(crate) addrman: Option<AddrMan<A>>,

@@ -331,6 +331,7 @@ fn kind_label(kind: ConnKind) -> &'static str {
         ConnKind::Permanent => "permanent",
         ConnKind::OneShot => "one-shot",
         ConnKind::Inbound => "inbound",
+        ConnKind::Feeler => "feeler",
     }
 }
 

@@ -87,6 +87,10 @@ pub enum ConnKind {
     OneShot,
     /// Accepted on a listener.
     Inbound,
+    /// A feeler: a short connection that tests an address of the address
+    /// manager's new table (class [`ConnClass::Feeler`]); never retried,
+    /// counted against no target, closed after its hold.
+    Feeler,
 }
 
 impl ConnKind {
@@ -111,6 +115,7 @@ impl fmt::Display for ConnKind {
             Self::Permanent => "permanent",
             Self::OneShot => "one-shot",
             Self::Inbound => "inbound",
+            Self::Feeler => "feeler",
         })
     }
 }
@@ -323,13 +328,14 @@ impl<A> Snapshot<A> {
     }
 
     /// How many automatic connections of `class` are established: what
-    /// its target keeps filled (feelers for [`ConnClass::Feeler`]).
+    /// its target keeps filled (for [`ConnClass::Feeler`], the feeler held
+    /// now, if any).
     pub fn established_in(&self, class: ConnClass) -> usize {
         self.entries
             .iter()
             .filter(|e| {
                 e.state == ConnState::Established
-                    && e.info.kind == ConnKind::Automatic
+                    && matches!(e.info.kind, ConnKind::Automatic | ConnKind::Feeler)
                     && e.info.class == class
             })
             .count()

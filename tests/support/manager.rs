@@ -96,3 +96,36 @@ pub fn to_peer<A>(
         TcpStream::connect(target)
     })
 }
+
+/// Every class's dial counts are settled and add up to the totals.
+pub fn assert_counts_exact(c: &connmgr::manager::Counters) {
+    let mut sum = [0u64; 4];
+    for class in connmgr::manager::ConnClass::ALL {
+        let k = c.class(class);
+        assert!(k.settled(), "{class}: {k:?}");
+        for (s, n) in sum
+            .iter_mut()
+            .zip([k.dials, k.established, k.failures, k.canceled])
+        {
+            *s += n;
+        }
+    }
+    assert_eq!(
+        sum,
+        [c.dials, c.established, c.failures, c.canceled],
+        "the classes add up to the totals"
+    );
+    assert_eq!(c.dials, c.established + c.failures + c.canceled, "{c:?}");
+}
+
+/// How many automatic connections of `class` are established now.
+pub async fn established_in(
+    handle: &connmgr::manager::Handle,
+    class: connmgr::manager::ConnClass,
+) -> usize {
+    handle
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .established_in(class)
+}

@@ -72,17 +72,19 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let id = self.shared.next_id();
         feelers.in_flight = Some(id);
         let place = self.peers.add_outbound(&addr, id, true);
-        let slot = self.insert(id, addr, (ConnKind::Automatic, ConnClass::Feeler), place);
+        let slot = self.insert(id, addr, (ConnKind::Feeler, ConnClass::Feeler), place);
         tracing::debug!(parent: &slot.span, "dialing feeler");
         // Dialled like an explicit request: no permit, no throttle.
         self.start_dial(id);
     }
 
     pub(super) fn extra_outbound(&mut self, class: ConnClass) -> Result<(), Error> {
+        // Only classes the fill task keeps at a target (with a source).
         let limit = self
             .limits
             .iter()
             .find(|l| l.class == class)
+            .filter(|_| self.auto.is_some())
             .ok_or(Error::NoTarget(class))?;
         if !limit.add_extra() {
             return Err(Error::ExtraPending(class));

@@ -52,6 +52,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             control: None,
             idle: (0, Instant::now()),
             place,
+            counted: class,
             extra: None,
             span,
         })
@@ -68,7 +69,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let feeler = self.peers.outbound_to(&addr).filter(|id| {
             self.slots
                 .get(id)
-                .is_some_and(|s| s.info.class == ConnClass::Feeler)
+                .is_some_and(|s| s.info.kind == ConnKind::Feeler)
         });
         if let Some(feeler) = feeler {
             tracing::debug!(%addr, %feeler, "feeler ended for a connection request");
@@ -130,12 +131,17 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
+        // An explicit request: full-relay, whatever class it had.
         let (old, class) = (slot.info.kind, slot.info.class);
         self.shared
             .state_changed((old, class), Some(slot.state), None);
         slot.info.kind = ConnKind::Permanent;
-        self.shared
-            .state_changed((ConnKind::Permanent, class), None, Some(slot.state));
+        slot.info.class = ConnClass::FullRelay;
+        self.shared.state_changed(
+            (ConnKind::Permanent, ConnClass::FullRelay),
+            None,
+            Some(slot.state),
+        );
         slot.place = self.peers.upgrade(&slot.info.addr, slot.place);
         if let Some(control) = &slot.control {
             control.release();
@@ -208,7 +214,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        self.shared.dial_started(slot.info.class);
+        slot.counted = slot.info.class;
+        self.shared.dial_started(slot.counted);
         let task = dial::run(
             id,
             fut,
@@ -239,22 +246,24 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        // A request made permanent while it dialed holds no target slot.
-        let class = slot.info.class;
+        // The permit is the class's, whatever the request is now: one made
+        // permanent while it dialed gives it back here (an extra one is
+        // taken back, as at any release), and holds no target slot.
+        let counted = slot.counted;
         let permit = permit
-            .filter(|_| slot.info.kind == ConnKind::Automatic)
             .and_then(|p| {
-                let limit = self.limits.iter().find(|l| l.class == class)?;
+                let limit = self.limits.iter().find(|l| l.class == counted)?;
                 Some(ClassPermit::new(p, limit.clone()))
-            });
+            })
+            .filter(|_| slot.info.kind == ConnKind::Automatic);
         set_state(&self.shared, slot, ConnState::Established);
         let now = Instant::now();
         slot.since = Some(now);
         slot.idle = (0, now);
         let control = Control::new(permit);
         slot.control = Some(control.clone());
-        self.shared.dial_established(class);
-        if let (ConnClass::Feeler, Some(feelers)) = (class, &self.feelers) {
+        self.shared.dial_established(counted);
+        if let (ConnKind::Feeler, Some(feelers)) = (slot.info.kind, &self.feelers) {
             // Closed at the end of its hold, unless its owner drops it
             // first; `end` takes the timer away.
             let at = now + feelers.hold();
@@ -267,9 +276,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         tracing::debug!(parent: &slot.span, "connection established");
         // An automatic connection's drop frees a permit: the fill task
         // hears of it first.
-        let notices = match (&self.auto_dropped_tx, slot.info.kind, class) {
-            (_, _, ConnClass::Feeler) => self.dropped_tx.clone(),
-            (Some(fill), ConnKind::Automatic, _) => fill.clone(),
+        let notices = match (&self.auto_dropped_tx, slot.info.kind) {
+            (Some(fill), ConnKind::Automatic) => fill.clone(),
             _ => self.dropped_tx.clone(),
         };
         let conn = Connection::new(io, slot.info.clone(), control, Some(notices));
@@ -284,7 +292,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        self.shared.dial_failed(slot.info.class, &error);
+        self.shared.dial_failed(slot.counted, &error);
         if let Some(o) = &self.observer {
             o.failed(&slot.info.addr);
         }
@@ -396,7 +404,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         };
         // The timer has fired: it must not be removed again.
         slot.next_attempt = None;
-        if slot.info.class == ConnClass::Feeler {
+        if slot.info.kind == ConnKind::Feeler {
             // A feeler's hold is over.
             if slot.state == ConnState::Established {
                 self.connection_ended(id, DisconnectReason::FeelerDone);

@@ -79,6 +79,9 @@ struct Slot<A> {
     idle: (u64, Instant),
     /// What it counts for in the policy.
     place: Place,
+    /// The class the dial in flight was counted in: a request made
+    /// permanent while it dials changes class, its dial does not.
+    counted: ConnClass,
     /// Only peers that misbehaved or were reported on have one.
     extra: Option<Box<Extra>>,
     span: Span,
@@ -206,7 +209,8 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
                 Fill {
                     dialer: config.dialer.clone(),
                     classes: limits.clone(),
-                    anchors: config.anchors.into(),
+                    anchors: anchors(config.addrman.as_ref(), &config.targets, config.max_anchors)
+                        .into(),
                     tx,
                     shared: shared.clone(),
                     throttle_wait: config.throttle_wait,
@@ -481,6 +485,26 @@ impl<A: Address> Slot<A> {
             permissions,
         }
     }
+}
+
+/// The anchors to dial first, taken out of the address manager as Core
+/// reads `anchors.dat` and deletes it: they are saved again only if they
+/// are anchors at the next stop. No more than the block-relay class holds,
+/// since the fill task serves only anchors while any are left.
+fn anchors<A: Address>(man: Option<&AddrMan<A>>, targets: &[usize; 3], max: usize) -> Vec<A> {
+    let Some(man) = man else {
+        return Vec::new();
+    };
+    let mut anchors = man.take_anchors();
+    let keep = targets[ConnClass::BlockRelay.index()].min(max);
+    if anchors.len() > keep {
+        tracing::debug!(
+            dropped = anchors.len() - keep,
+            "anchors beyond the block-relay target dropped"
+        );
+        anchors.truncate(keep);
+    }
+    anchors
 }
 
 /// The next tick of a timer the manager may not have: pending for ever

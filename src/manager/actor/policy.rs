@@ -121,7 +121,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         }
         if let Some(dial) = slot.dial.take() {
             dial.abort();
-            self.shared.dial_canceled(slot.info.class);
+            self.shared.dial_canceled(slot.counted);
         }
         if let (Some(o), Place::Outbound { .. }) = (&self.observer, slot.place) {
             o.canceled(&slot.info.addr);

@@ -21,7 +21,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         for slot in self.slots.values_mut() {
             if let Some(dial) = slot.dial.take() {
                 dial.abort();
-                self.shared.dial_canceled(slot.info.class);
+                self.shared.dial_canceled(slot.counted);
             }
         }
         self.dials.close();
