@@ -9,6 +9,12 @@
 //!   registers it and hands it to `on_connection`.
 //! - `baseline/oneshot_round_trip`: the raw tokio work a command is built
 //!   from (an mpsc send to a task and a oneshot reply), in the same run.
+//! - `unused/instrumentation_per_connection` and `unused/nothing`: the
+//!   pair that shows what tracing (and, with the `metrics` feature, the
+//!   metrics) cost when no subscriber and no recorder is installed: the
+//!   calls the manager makes for one automatic connection (a span with its
+//!   fields, four events in it, an instrumented future; the counters and
+//!   gauge moves), against an empty loop. Compare with `fill_loop_step`.
 //!
 //! Each loop runs as a task on a 2-worker runtime, as application code does.
 //!
@@ -174,5 +180,51 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The tracing and metrics calls the manager makes for one automatic
+/// connection, from its span to its end.
+fn instrumentation(id: u64, addr: SocketAddr) {
+    use tracing::Instrument;
+    let kind = "automatic";
+    let span = tracing::debug_span!("conn", %id, %addr, %kind);
+    tracing::debug!(parent: &span, "dialing automatic peer");
+    let fut = std::future::ready(()).instrument(span.clone());
+    black_box(fut);
+    tracing::debug!(parent: &span, "connection established");
+    tracing::debug!(%id, reason = "dropped", "connection ended");
+    tracing::debug!(parent: &span, attempt = 1, "dial done");
+    #[cfg(feature = "metrics")]
+    {
+        use connmgr::manager::metric_names as names;
+        metrics::counter!(names::DIALS, "conn_class" => "full-relay").increment(1);
+        metrics::counter!(names::ESTABLISHED, "conn_class" => "full-relay").increment(1);
+        for state in ["pending", "established"] {
+            let g = metrics::gauge!(names::CONNECTIONS, "kind" => kind, "conn_class" => "full-relay", "state" => state);
+            g.increment(1);
+            g.decrement(1);
+        }
+    }
+    black_box(span);
+}
+
+fn unused(c: &mut Criterion) {
+    let mut group = c.benchmark_group("unused");
+    let addr: SocketAddr = "127.0.0.1:8333".parse().expect("addr");
+    group.bench_function("instrumentation_per_connection", |b| {
+        let mut id = 0;
+        b.iter(|| {
+            id += 1;
+            instrumentation(black_box(id), black_box(addr));
+        })
+    });
+    group.bench_function("nothing", |b| {
+        let mut id = 0u64;
+        b.iter(|| {
+            id += 1;
+            black_box((black_box(id), black_box(addr)));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, unused);
 criterion_main!(benches);
