@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
 };
@@ -42,13 +42,17 @@ impl<A> ConnInfo<A> {
     }
 }
 
+/// The close bit of `Control::state`.
+const CLOSED: u64 = 1 << 63;
+
 /// State shared by a [`Connection`] and the manager: the close signal and
 /// the outbound permit the connection holds, if any.
 pub(crate) struct Control {
-    closed: AtomicBool,
-    /// Reads and writes that moved bytes: the inactivity timeout watches it
-    /// change (a counter, so the I/O path reads no clock).
-    activity: AtomicU64,
+    /// The close signal (the top bit) and the count of reads and writes
+    /// that moved bytes (the rest), in one word: the inactivity timeout
+    /// watches the count change (a counter, so the I/O path reads no
+    /// clock).
+    state: AtomicU64,
     read: AtomicWaker,
     write: AtomicWaker,
     permit: Mutex<Option<ClassPermit>>,
@@ -57,8 +61,7 @@ pub(crate) struct Control {
 impl Control {
     pub(crate) fn new(permit: Option<ClassPermit>) -> Arc<Self> {
         Arc::new(Self {
-            closed: AtomicBool::new(false),
-            activity: AtomicU64::new(0),
+            state: AtomicU64::new(0),
             read: AtomicWaker::new(),
             write: AtomicWaker::new(),
             permit: Mutex::new(permit),
@@ -68,7 +71,7 @@ impl Control {
     /// Closes the connection from the manager's side: pending and later reads
     /// and writes end with an error, and the permit is released now.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.state.fetch_or(CLOSED, Ordering::Release);
         self.release();
         self.read.wake();
         self.write.wake();
@@ -85,17 +88,18 @@ impl Control {
 
     /// How many reads and writes moved bytes so far.
     pub(crate) fn activity(&self) -> u64 {
-        self.activity.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) & !CLOSED
     }
 
     #[inline]
     fn active(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
+        // 2^63 reads and writes would reach the close bit: none lives so long.
+        self.state.fetch_add(1, Ordering::Relaxed);
     }
 
     #[inline]
     fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) & CLOSED != 0
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, hash_map::RandomState},
+    hash::BuildHasherDefault,
     hash::{BuildHasher, Hash},
     net::IpAddr,
     time::{Duration, SystemTime},
@@ -68,6 +69,27 @@ enum Key<A> {
     Addr(A),
 }
 
+/// The hasher of keys that are keyed digests already: it passes them on.
+#[derive(Debug, Default)]
+struct Digested(u64);
+
+impl std::hash::Hasher for Digested {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else is folded in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// The host as one machine: an IP address with an embedded IPv4 address
 /// (mapped, 6to4, Teredo, NAT64) is that IPv4 address. Duplicates, the
 /// per-IP limit and discouragement use it, so that no form of an address
@@ -84,7 +106,10 @@ pub(crate) struct PolicyState<A, Id> {
     policy: Policy,
     max_inbound: Option<usize>,
     inbound_per_group: usize,
-    outbound: HashMap<Key<A>, Id>,
+    /// Outbound requests by the keyed digest of their [`Key`]: 16 bytes
+    /// an entry whatever the address type. Two keys share a digest with
+    /// odds of 2^-64 a pair, under a secret no peer knows.
+    outbound: HashMap<u64, Id, BuildHasherDefault<Digested>>,
     auto_groups: HashMap<NetGroup, usize>,
     inbound: usize,
     /// Inbound peers on IPv4 and IPv6, by IP and by group.
@@ -92,8 +117,9 @@ pub(crate) struct PolicyState<A, Id> {
     inbound_groups: HashMap<NetGroup, usize>,
     bans: BanList,
     discouraged: Discouraged,
-    /// The secret of keyed netgroups (eviction).
+    /// The secret of keyed netgroups (eviction) and of outbound keys.
     keys: RandomState,
+    addr: std::marker::PhantomData<fn(&A)>,
 }
 
 impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
@@ -107,12 +133,13 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
             policy,
             max_inbound,
             inbound_per_group,
-            outbound: HashMap::new(),
+            outbound: HashMap::default(),
             auto_groups: HashMap::new(),
             inbound: 0,
             inbound_ips: HashMap::new(),
             inbound_groups: HashMap::new(),
             keys: RandomState::new(),
+            addr: std::marker::PhantomData,
         }
     }
 
@@ -178,11 +205,14 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
         self.keys.hash_one(group)
     }
 
-    fn key(addr: &A, peer: &Peer) -> Key<A> {
+    /// The keyed digest of what makes `addr` a duplicate.
+    fn key(&self, addr: &A, peer: &Peer) -> u64 {
         match (peer.network, peer.host, addr.port()) {
-            (Network::Local, Host::Ip(ip), Some(port)) => Key::Local(ip, port),
-            (Network::Local | Network::Name, ..) => Key::Addr(addr.clone()),
-            _ => Key::Host(identity(peer.host)),
+            (Network::Local, Host::Ip(ip), Some(port)) => {
+                self.keys.hash_one(Key::<&A>::Local(ip, port))
+            }
+            (Network::Local | Network::Name, ..) => self.keys.hash_one(Key::Addr(addr)),
+            _ => self.keys.hash_one(Key::<&A>::Host(identity(peer.host))),
         }
     }
 
@@ -191,7 +221,7 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
     /// The outbound request that makes `addr` a duplicate, if any.
     pub(crate) fn outbound_to(&self, addr: &A) -> Option<Id> {
         let peer = self.classify(addr.host());
-        self.outbound.get(&Self::key(addr, &peer)).copied()
+        self.outbound.get(&self.key(addr, &peer)).copied()
     }
 
     /// Whether an inbound peer holds the host of `addr` (routable hosts
@@ -211,8 +241,7 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
     /// full netgroup.
     pub(crate) fn may_dial(&self, addr: &A, automatic: bool, now: Instant) -> Result<(), Refusal> {
         let peer = self.classify(addr.host());
-        if self.outbound.contains_key(&Self::key(addr, &peer))
-            || self.inbound_holds(&peer).is_some()
+        if self.outbound.contains_key(&self.key(addr, &peer)) || self.inbound_holds(&peer).is_some()
         {
             return Err(Refusal::Duplicate);
         }
@@ -236,7 +265,8 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
     /// Counts a new outbound request (checked with [`may_dial`](Self::may_dial)).
     pub(crate) fn add_outbound(&mut self, addr: &A, id: Id, automatic: bool) -> Place {
         let peer = self.classify(addr.host());
-        self.outbound.insert(Self::key(addr, &peer), id);
+        let key = self.key(addr, &peer);
+        self.outbound.insert(key, id);
         let counted = automatic && peer.group.counts_for_diversity();
         if counted {
             *self.auto_groups.entry(peer.group).or_insert(0) += 1;
@@ -309,7 +339,7 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
         match place {
             Place::Outbound { counted } => {
                 let peer = self.classify(addr.host());
-                let key = Self::key(addr, &peer);
+                let key = self.key(addr, &peer);
                 if self.outbound.get(&key) == Some(&id) {
                     self.outbound.remove(&key);
                 }

@@ -73,7 +73,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         feelers.in_flight = Some(id);
         let place = self.peers.add_outbound(&addr, id, true);
         let slot = self.insert(id, addr, (ConnKind::Feeler, ConnClass::Feeler), place);
-        tracing::debug!(parent: &slot.span, "dialing feeler");
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "dialing feeler");
         // Dialled like an explicit request: no permit, no throttle.
         self.start_dial(id);
     }
@@ -105,7 +105,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             })
             .min_by_key(|s| {
                 let last_block = s.extra.as_ref().and_then(|e| e.last_block);
-                (last_block, Reverse(s.since), Reverse(s.info.id))
+                (last_block, Reverse(s.at), Reverse(s.info.id))
             })
             .map(|s| s.info.id)
     }

@@ -32,29 +32,28 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         (kind, class): (ConnKind, ConnClass),
         place: Place,
     ) -> &mut Slot<A> {
-        let span = tracing::debug_span!("conn", %id, %addr, %kind);
         self.shared
             .state_changed((kind, class), None, Some(ConnState::Pending));
-        self.slots.entry(id).or_insert(Slot {
-            info: ConnInfo {
-                id,
-                addr,
-                kind,
-                class,
-            },
-            state: ConnState::Pending,
-            attempts: 0,
-            retries: 0,
-            started: Instant::now(),
-            dial: None,
-            next_attempt: None,
-            since: None,
-            control: None,
-            idle: (0, Instant::now()),
-            place,
-            counted: class,
-            extra: None,
-            span,
+        self.slots.entry(id).or_insert_with(|| {
+            Box::new(Slot {
+                info: ConnInfo {
+                    id,
+                    addr,
+                    kind,
+                    class,
+                },
+                state: ConnState::Pending,
+                attempts: 0,
+                retries: 0,
+                at: Instant::now(),
+                dial: None,
+                next_attempt: None,
+                control: None,
+                idle: (0, super::UNSEEN),
+                place,
+                counted: class,
+                extra: None,
+            })
         })
     }
 
@@ -102,9 +101,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let id = self.shared.next_id();
         let place = self.peers.add_outbound(&addr, id, false);
         let slot = self.insert(id, addr, (kind, ConnClass::FullRelay), place);
-        tracing::debug!(parent: &slot.span, %kind, "connection requested");
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, %kind, "connection requested");
         if inbound.is_some() {
-            tracing::debug!(parent: &slot.span, "host connected inbound: dialing when it is free");
+            tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "host connected inbound: dialing when it is free");
             self.schedule_retry(id, ConnState::Pending);
         } else {
             self.start_dial(id);
@@ -146,7 +145,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         if let Some(control) = &slot.control {
             control.release();
         }
-        tracing::debug!(parent: &slot.span, from = %old, "request made permanent");
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, from = %old, "request made permanent");
     }
 
     /// Dials an explicit request: its first attempt, or a retry.
@@ -156,8 +155,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         };
         set_state(&self.shared, slot, ConnState::Pending);
         slot.attempts = slot.attempts.saturating_add(1);
-        slot.started = Instant::now();
-        tracing::debug!(parent: &slot.span, attempt = slot.attempts, "dialing");
+        slot.at = Instant::now();
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, attempt = slot.attempts, "dialing");
         let fut = self.dialer.clone().oneshot(slot.info.addr.clone());
         self.spawn_dial(id, fut, |io| (io, None), false);
     }
@@ -184,8 +183,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let place = self.peers.add_outbound(&addr, id, true);
         let slot = self.insert(id, addr.clone(), (ConnKind::Automatic, class), place);
         slot.attempts = 1;
-        slot.started = started;
-        tracing::debug!(parent: &slot.span, "dialing automatic peer");
+        slot.at = started;
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "dialing automatic peer");
         // The stack's `call` runs on the dial task, where a panic in it is
         // one failed attempt.
         let (mut svc, shared) = (svc, self.shared.clone());
@@ -225,7 +224,10 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             self.shared.clone(),
             self.results_tx.clone(),
         );
-        let task = self.dials.track_future(task.instrument(slot.span.clone()));
+        // A span per dial, made only when a subscriber wants it.
+        let span =
+            tracing::debug_span!("dial", id = %id, addr = %slot.info.addr, kind = %slot.info.kind);
+        let task = self.dials.track_future(task.instrument(span));
         slot.dial = Some(tokio::spawn(task).abort_handle());
     }
 
@@ -258,8 +260,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             .filter(|_| slot.info.kind == ConnKind::Automatic);
         set_state(&self.shared, slot, ConnState::Established);
         let now = Instant::now();
-        slot.since = Some(now);
-        slot.idle = (0, now);
+        slot.at = now;
+        slot.idle = (0, super::UNSEEN);
         let control = Control::new(permit);
         slot.control = Some(control.clone());
         self.shared.dial_established(counted);
@@ -273,7 +275,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         if let Some(o) = &self.observer {
             o.connected(&slot.info.addr);
         }
-        tracing::debug!(parent: &slot.span, "connection established");
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "connection established");
         // An automatic connection's drop frees a permit: the fill task
         // hears of it first.
         let notices = match (&self.auto_dropped_tx, slot.info.kind) {
@@ -296,8 +298,8 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         if let Some(o) = &self.observer {
             o.failed(&slot.info.addr);
         }
-        let (attempt, started) = (slot.attempts, slot.started);
-        tracing::debug!(parent: &slot.span, %error, attempt, "dial failed");
+        let (attempt, started) = (slot.attempts, slot.at);
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, %error, attempt, "dial failed");
         let info = self.wants.failures.then(|| slot.info.clone());
         let retry_at = if slot.info.kind.is_permanent() {
             Some(self.schedule_retry(id, ConnState::Failing))
@@ -374,10 +376,9 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return now;
         };
-        let stable = slot
-            .since
-            .take()
-            .is_some_and(|since| now.saturating_duration_since(since) >= self.stable_period);
+        // Called while the connection is still marked established.
+        let stable = slot.state == ConnState::Established
+            && now.saturating_duration_since(slot.at) >= self.stable_period;
         if stable {
             slot.retries = 0;
         }

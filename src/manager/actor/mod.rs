@@ -21,7 +21,6 @@ use tokio::{
 };
 use tokio_util::task::TaskTracker;
 use tower::Service;
-use tracing::Span;
 
 use super::persist::Persist;
 use super::{
@@ -49,6 +48,12 @@ mod policy;
 mod stop;
 mod timers;
 
+/// `Slot::idle` of a connection no check has looked at yet.
+const UNSEEN: u8 = u8::MAX;
+
+/// Checks per inactivity timeout.
+const IDLE_CHECKS: u8 = 4;
+
 /// How many ended requests `state` still knows about.
 const TOMBSTONES: usize = 1024;
 
@@ -68,15 +73,16 @@ struct Slot<A> {
     attempts: u32,
     /// Backoff step of a permanent request.
     retries: u32,
-    /// When the dial in flight started.
-    started: Instant,
+    /// When the dial in flight started, or, once established, since when
+    /// the connection is up.
+    at: Instant,
     dial: Option<AbortHandle>,
     next_attempt: Option<Instant>,
-    since: Option<Instant>,
     control: Option<Arc<Control>>,
-    /// The connection's activity count when last looked at, and since when
-    /// it has not changed (the inactivity timeout).
-    idle: (u64, Instant),
+    /// The connection's activity count when last looked at (its low bits),
+    /// and for how many checks of the inactivity timeout it has not
+    /// changed; [`UNSEEN`] until the first check.
+    idle: (u32, u8),
     /// What it counts for in the policy.
     place: Place,
     /// The class the dial in flight was counted in: a request made
@@ -84,7 +90,6 @@ struct Slot<A> {
     counted: ConnClass,
     /// Only peers that misbehaved or were reported on have one.
     extra: Option<Box<Extra>>,
-    span: Span,
 }
 
 /// What few entries need: a ban score, and what the application reported
@@ -119,7 +124,9 @@ pub(crate) struct Actor<A, D: Service<A>> {
     stop_grace: Duration,
     wants: Wants,
     shared: Arc<Shared>,
-    slots: BTreeMap<ConnId, Slot<A>>,
+    /// Boxed: a B-tree fed increasing ids keeps its nodes about half
+    /// full, so a slot in a node would cost twice its size.
+    slots: BTreeMap<ConnId, Box<Slot<A>>>,
     peers: PolicyState<A, ConnId>,
     retries: timers::Timers,
     ended: VecDeque<(ConnId, ConnState)>,
@@ -266,7 +273,7 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         callbacks,
         abandoned,
         inactivity: config.inactivity_timeout.map(|timeout| {
-            let every = timeout / 4;
+            let every = timeout / u32::from(IDLE_CHECKS);
             let mut tick = tokio::time::interval_at(Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             (timeout, tick)
@@ -350,7 +357,6 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let Some((timeout, _)) = self.inactivity else {
             return;
         };
-        let now = Instant::now();
         let mut silent = Vec::new();
         for slot in self.slots.values_mut() {
             let Some(control) = slot
@@ -360,11 +366,17 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             else {
                 continue;
             };
-            let count = control.activity();
-            if count != slot.idle.0 {
-                slot.idle = (count, now);
-            } else if now.saturating_duration_since(slot.idle.1) >= timeout {
-                silent.push(slot.info.id);
+            // Low bits: a count that moved by a multiple of 2^32 between
+            // two checks would look still, which no connection does.
+            let count = control.activity() as u32;
+            if slot.idle.1 == UNSEEN || count != slot.idle.0 {
+                slot.idle = (count, 0);
+            } else {
+                // A whole timeout since the check that saw the last change.
+                slot.idle.1 += 1;
+                if slot.idle.1 >= IDLE_CHECKS {
+                    silent.push(slot.info.id);
+                }
             }
         }
         for id in silent {
@@ -479,7 +491,7 @@ impl<A: Address> Slot<A> {
             state: self.state,
             attempts: self.attempts,
             next_attempt: self.next_attempt,
-            connected_since: self.since,
+            connected_since: (self.state == ConnState::Established).then_some(self.at),
             ban_score: self.extra.as_ref().map_or(0, |e| e.score.score(now)),
             network: peer.network,
             permissions,

@@ -64,12 +64,12 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             return;
         };
         set_state(&self.shared, slot, ConnState::Established);
-        slot.since = Some(now);
-        slot.idle = (0, now);
+        slot.at = now;
+        slot.idle = (0, super::UNSEEN);
         let control = Control::new(None);
         slot.control = Some(control.clone());
         self.shared.inbound_accepted();
-        tracing::debug!(parent: &slot.span, "inbound connection accepted");
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "inbound connection accepted");
         let conn = Connection::new(
             stream,
             slot.info.clone(),
@@ -98,7 +98,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 let extra = s.extra.as_deref();
                 Some(Candidate {
                     id: s.info.id,
-                    connected: s.since.unwrap_or(s.started),
+                    connected: s.at,
                     keyed_group: self.peers.keyed_group(peer.group),
                     network: peer.network,
                     min_ping: extra.and_then(|e| e.min_ping),
@@ -126,7 +126,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         if let (Some(o), Place::Outbound { .. }) = (&self.observer, slot.place) {
             o.canceled(&slot.info.addr);
         }
-        tracing::debug!(parent: &slot.span, %reason, "request ended");
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, %reason, "request ended");
         self.end(id, ConnState::Canceled);
         Ok(())
     }
@@ -183,18 +183,18 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             now,
         );
         let threshold = self.peers.policy().ban_threshold;
-        tracing::debug!(parent: &slot.span, score, threshold, %reason, "misbehaving");
+        tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, score, threshold, %reason, "misbehaving");
         if score < threshold {
             return Ok(score);
         }
         let (peer, perms) = slot.peer(&self.peers);
         if perms.contains(Permissions::NOBAN) || slot.info.kind.is_permanent() {
-            tracing::info!(parent: &slot.span, score, %reason, "misbehaving peer kept: noban or permanent");
+            tracing::info!(id = %slot.info.id, addr = %slot.info.addr, score, %reason, "misbehaving peer kept: noban or permanent");
             return Ok(score);
         }
         let discourage = peer.identified && peer.network != Network::Local;
         if discourage {
-            tracing::info!(parent: &slot.span, host = %peer.host, %reason, "misbehaving: host discouraged");
+            tracing::info!(id = %slot.info.id, addr = %slot.info.addr, host = %peer.host, %reason, "misbehaving: host discouraged");
             self.peers.discourage(peer.host, now);
             self.shared.banned();
             // Every form of the host: an embedded IPv4 address is the host.
@@ -217,7 +217,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         } else {
             // A local or Tor-inbound peer shares its address with others:
             // only this connection goes.
-            tracing::info!(parent: &slot.span, %reason, "misbehaving: disconnected");
+            tracing::info!(id = %slot.info.id, addr = %slot.info.addr, %reason, "misbehaving: disconnected");
             self.close(id, DisconnectReason::Banned)?;
         }
         Ok(score)
