@@ -537,3 +537,52 @@ async fn recv_many<T>(rx: &mut Option<mpsc::Receiver<T>>, buf: &mut Vec<T>) -> u
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{mem::size_of, net::SocketAddr};
+
+    use tokio::net::TcpStream;
+
+    use super::Slot;
+    use crate::manager::{ConnInfo, Connection, connection::Control, events::Event};
+
+    /// What each part of a connection costs in bytes, for the README's
+    /// table (`cargo test --lib per_connection_sizes -- --nocapture`); the
+    /// bounds keep them from growing unnoticed.
+    #[test]
+    fn per_connection_sizes() {
+        let sizes = [
+            (
+                "Slot<SocketAddr> (boxed, in the state map)",
+                size_of::<Slot<SocketAddr>>(),
+                144,
+            ),
+            (
+                "Control (in an Arc, shared with the connection)",
+                size_of::<Control>(),
+                88,
+            ),
+            (
+                "ConnInfo<SocketAddr>",
+                size_of::<ConnInfo<SocketAddr>>(),
+                48,
+            ),
+            (
+                "Connection<TcpStream>",
+                size_of::<Connection<TcpStream>>(),
+                104,
+            ),
+            ("TcpStream", size_of::<TcpStream>(), 40),
+            (
+                "Event (a queued callback)",
+                size_of::<Event<TcpStream, SocketAddr>>(),
+                112,
+            ),
+        ];
+        for (what, size, bound) in sizes {
+            println!("{what}: {size} B");
+            assert!(size <= bound, "{what} is {size} B, more than {bound}");
+        }
+    }
+}
