@@ -196,6 +196,8 @@ impl TorNet {
         private_dir(&root)?;
         fs::write(root.join("defaults-torrc"), "").map_err(|e| format!("defaults-torrc: {e}"))?;
 
+        watchdog(&root)?;
+
         // Servers behind the network, on a thread of their own.
         let backends = Backends::start()?;
         fs::write(
@@ -441,6 +443,15 @@ impl Tor {
             .stderr(log2)
             .spawn()
             .map_err(|e| format!("{name}: could not start {}: {e}", env.tor))?;
+        // For the watchdog.
+        let pids = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(env.root.join("pids"))
+            .and_then(|mut f| writeln!(f, "{}", child.id()));
+        if let Err(e) = pids {
+            say(&format!("{name}: could not record pid {}: {e}", child.id()));
+        }
         Ok(Self {
             name: name.to_owned(),
             dir,
@@ -548,6 +559,33 @@ fn free_base() -> Result<u16, String> {
         tried.push(format!("{base} (busy: {busy:?})"));
     }
     Err(format!("no free block of ports for tor: {}", tried.join(", ")))
+}
+
+/// A shell that outlives the test process by a few seconds: once the
+/// process is gone (however it ended) and the tors had 5 s to exit on
+/// their own (they own a control connection of the process), it sends
+/// SIGKILL to every tor still running from `root/pids` (checked against
+/// its command line, so a reused pid is left alone). A tor can hang in its
+/// exit path (seen: two threads in futex wait, minutes after "exiting
+/// cleanly"), and then only this frees its ports. The wait is bounded
+/// (a day).
+fn watchdog(root: &Path) -> Result<(), String> {
+    const SCRIPT: &str = r#"owner=$1; root=$2; n=0
+while kill -0 "$owner" 2>/dev/null && [ "$n" -lt 86400 ]; do sleep 1; n=$((n+1)); done
+sleep 5
+for p in $(cat "$root/pids" 2>/dev/null); do
+  if grep -qsF -- "$root/" "/proc/$p/cmdline"; then kill -9 "$p" 2>/dev/null; fi
+done"#;
+    Command::new("sh")
+        .args(["-c", SCRIPT, "tor-watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(drop)
+        .map_err(|e| format!("watchdog: {e}"))
 }
 
 fn private_dir(dir: &Path) -> Result<(), String> {
@@ -748,6 +786,7 @@ fn onion_torrc(
         "{common}DataDirectory {dir}
 ControlPort {control}
 SocksPort 0
+Log info file {dir}/info.log
 ",
         common = env.common,
         dir = dir.display(),
@@ -768,6 +807,7 @@ fn client_torrc(env: &Env, dir: &Path) -> String {
 ControlPort {control}
 SocksPort {socks}
 ConfluxEnabled 0
+Log info file {dir}/info.log
 ",
         common = env.common,
         dir = dir.display(),
