@@ -113,7 +113,12 @@ async fn tor_permanent_onion_peer_reconnects() {
         .await
         .expect("a connection");
     assert_eq!(conn.addr(), &target);
-    within(net, "echo before", support::assert_echo(&mut conn, b"before")).await;
+    within(
+        net,
+        "echo before",
+        support::assert_echo(&mut conn, b"before"),
+    )
+    .await;
 
     // The service goes away: the stream through Tor ends, and the
     // application lets go of the connection.
@@ -134,7 +139,10 @@ async fn tor_permanent_onion_peer_reconnects() {
         .await
         .expect("a disconnection");
     assert_eq!(gone.info.id, id);
-    assert!(gone.reconnect_at.is_some(), "a permanent peer is reconnected");
+    assert!(
+        gone.reconnect_at.is_some(),
+        "a permanent peer is reconnected"
+    );
 
     // Back under the same address: the manager reconnects on its own.
     let started = Instant::now();
@@ -148,7 +156,10 @@ async fn tor_permanent_onion_peer_reconnects() {
         panic!("restarting the onion service: {e}");
     }
     let onion = onion.0;
-    assert_eq!(onion.hosts[0], host, "the same HiddenServiceDir, the same address");
+    assert_eq!(
+        onion.hosts[0], host,
+        "the same HiddenServiceDir, the same address"
+    );
     let mut conn = match tokio::time::timeout(LIMIT, connected.recv()).await {
         Ok(c) => c.expect("a connection"),
         Err(_) => panic!(
@@ -383,4 +394,32 @@ async fn tor_onion_only_manager_fills_target() {
         within(net, "an echo", support::assert_echo(conn, b"onion only")).await;
     }
     handle.stop().await;
+}
+
+/// hyper's client (feature `hyper`) fetches a page from the HTTP server
+/// behind an onion service, through `HyperConnector` and the client tor.
+#[cfg(feature = "hyper")]
+#[tokio::test]
+async fn tor_hyper_client_through_onion() {
+    use http_body_util::BodyExt;
+
+    let Some(net) = tor::net("tor_hyper_client_through_onion").await else {
+        return;
+    };
+    let connector = connmgr::hyper::HyperConnector::new(DialStack::new().socks5(net.socks));
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let before = net.http_requests.load(std::sync::atomic::Ordering::SeqCst);
+    let uri = format!("http://{}/", net.web).parse().expect("uri");
+    let response = within(net, "the GET", client.get(uri))
+        .await
+        .expect("a response through the onion service");
+    assert!(response.status().is_success(), "{response:?}");
+    let body = within(net, "the body", response.into_body().collect())
+        .await
+        .expect("the body")
+        .to_bytes();
+    assert_eq!(&body[..], tor::HTTP_BODY.as_bytes());
+    assert!(net.http_requests.load(std::sync::atomic::Ordering::SeqCst) > before);
 }

@@ -161,8 +161,7 @@ impl TorNet {
 
     fn start_if_installed() -> Result<Option<Self>, String> {
         let tor = std::env::var("CONNMGR_TOR").unwrap_or_else(|_| "tor".into());
-        let gencert =
-            std::env::var("CONNMGR_TOR_GENCERT").unwrap_or_else(|_| "tor-gencert".into());
+        let gencert = std::env::var("CONNMGR_TOR_GENCERT").unwrap_or_else(|_| "tor-gencert".into());
         for (bin, arg) in [(&tor, "--version"), (&gencert, "--help")] {
             let found = Command::new(bin)
                 .arg(arg)
@@ -558,7 +557,10 @@ fn free_base() -> Result<u16, String> {
         }
         tried.push(format!("{base} (busy: {busy:?})"));
     }
-    Err(format!("no free block of ports for tor: {}", tried.join(", ")))
+    Err(format!(
+        "no free block of ports for tor: {}",
+        tried.join(", ")
+    ))
 }
 
 /// A shell that outlives the test process by a few seconds: once the
@@ -658,22 +660,14 @@ fn generate_keys(env: &Env, gencert: &str) -> Result<Keys, String> {
     }
     wait_job(&mut child, "tor-gencert", deadline).map_err(|e| format!("{e}: {gencert_err}"))?;
     for (what, log, mut child) in jobs {
-        wait_job(&mut child, &what, deadline).map_err(|e| {
-            format!(
-                "{e}: {}",
-                fs::read_to_string(&log).unwrap_or_default()
-            )
-        })?;
+        wait_job(&mut child, &what, deadline)
+            .map_err(|e| format!("{e}: {}", fs::read_to_string(&log).unwrap_or_default()))?;
     }
     let mut fingerprints = Vec::new();
     for i in 0..RELAYS {
         let file = env.root.join(format!("relay{i}")).join("fingerprint");
         let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let fp: String = text
-            .split_whitespace()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .concat();
+        let fp: String = text.split_whitespace().skip(1).collect::<Vec<_>>().concat();
         if fp.len() != 40 {
             return Err(format!("{}: unexpected {text:?}", file.display()));
         }
@@ -961,7 +955,9 @@ fn probe_echo(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    Err(format!("{host}:{port} not reachable through the client: {last}"))
+    Err(format!(
+        "{host}:{port} not reachable through the client: {last}"
+    ))
 }
 
 /// A SOCKS5 CONNECT to `host:port` through `socks`, then an echo.
