@@ -88,7 +88,7 @@
 //! - `serde`: serialize bans.
 //! - `hickory`: a DNS resolver on hickory-resolver with name servers of your
 //!   choice.
-//! - `hyper`: [`HyperConnector`](crate::hyper::HyperConnector), the dial
+//! - `hyper`: `hyper::HyperConnector`, the dial
 //!   stack as a connector for hyper-util's legacy client (and tonic).
 //!
 //! # Time
