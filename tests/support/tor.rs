@@ -94,6 +94,8 @@ pub struct TorNet {
 struct Env {
     tor: String,
     root: PathBuf,
+    /// The pids of the tors, for the watchdog.
+    pids: PathBuf,
     base: u16,
     /// The `DirAuthority` line and the options every tor shares.
     common: String,
@@ -195,7 +197,9 @@ impl TorNet {
         private_dir(&root)?;
         fs::write(root.join("defaults-torrc"), "").map_err(|e| format!("defaults-torrc: {e}"))?;
 
-        watchdog(&root)?;
+        let pids =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tor-pids-{}", std::process::id()));
+        watchdog(&pids)?;
 
         // Servers behind the network, on a thread of their own.
         let backends = Backends::start()?;
@@ -209,6 +213,7 @@ impl TorNet {
         let mut env = Env {
             tor,
             root,
+            pids,
             base,
             common: String::new(),
         };
@@ -437,6 +442,10 @@ impl Tor {
             .arg(env.root.join("defaults-torrc"))
             .arg("-f")
             .arg(dir.join("torrc"))
+            // On the command line, so that the watchdog can tell this
+            // process's tors from another run's.
+            .arg("--__OwningControllerProcess")
+            .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -446,7 +455,7 @@ impl Tor {
         let pids = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(env.root.join("pids"))
+            .open(&env.pids)
             .and_then(|mut f| writeln!(f, "{}", child.id()));
         if let Err(e) = pids {
             say(&format!("{name}: could not record pid {}: {e}", child.id()));
@@ -566,22 +575,26 @@ fn free_base() -> Result<u16, String> {
 /// A shell that outlives the test process by a few seconds: once the
 /// process is gone (however it ended) and the tors had 5 s to exit on
 /// their own (they own a control connection of the process), it sends
-/// SIGKILL to every tor still running from `root/pids` (checked against
-/// its command line, so a reused pid is left alone). A tor can hang in its
-/// exit path (seen: two threads in futex wait, minutes after "exiting
-/// cleanly"), and then only this frees its ports. The wait is bounded
-/// (a day).
-fn watchdog(root: &Path) -> Result<(), String> {
-    const SCRIPT: &str = r#"owner=$1; root=$2; n=0
+/// SIGKILL to every tor listed in `pids` that still runs with this
+/// process as its owner on its command line (so neither a reused pid nor
+/// the next run's tors are touched), then removes the list. A tor can hang
+/// in its exit path (seen: two threads in futex wait, minutes after
+/// "exiting cleanly"), and then only this frees its ports. The wait is
+/// bounded (a day).
+fn watchdog(pids: &Path) -> Result<(), String> {
+    const SCRIPT: &str = r#"owner=$1; pids=$2; n=0
 while kill -0 "$owner" 2>/dev/null && [ "$n" -lt 86400 ]; do sleep 1; n=$((n+1)); done
 sleep 5
-for p in $(cat "$root/pids" 2>/dev/null); do
-  if grep -qsF -- "$root/" "/proc/$p/cmdline"; then kill -9 "$p" 2>/dev/null; fi
-done"#;
+for p in $(cat "$pids" 2>/dev/null); do
+  if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qF -- "__OwningControllerProcess $owner "; then
+    kill -9 "$p" 2>/dev/null
+  fi
+done
+rm -f "$pids""#;
     Command::new("sh")
         .args(["-c", SCRIPT, "tor-watchdog"])
         .arg(std::process::id().to_string())
-        .arg(root)
+        .arg(pids)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -717,10 +730,8 @@ Sandbox 0
 CookieAuthentication 0
 SafeLogging 0
 Log notice stdout
-__OwningControllerProcess {pid}
 DirAuthority test0 orport={or} no-v2 v3ident={v3} 127.0.0.1:{dir} {fp}
 ",
-        pid = std::process::id(),
         or = env.or_port(0),
         v3 = keys.v3ident,
         dir = env.dir_port(0),
