@@ -93,6 +93,8 @@
 //! - `serde`: serialize bans.
 //! - `hickory`: a DNS resolver on hickory-resolver with name servers of your
 //!   choice.
+//! - `hyper`: `hyper::HyperConnector`, the dial
+//!   stack as a connector for hyper-util's legacy client (and tonic).
 //!
 //! # Time
 //!
@@ -108,6 +110,9 @@
 pub mod addrman;
 pub mod backoff;
 pub mod connect;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod hyper;
 pub mod limit;
 pub mod manager;
 pub mod policy;

@@ -6,6 +6,7 @@ pub mod addrs;
 pub mod dns;
 pub mod manager;
 pub mod socks5;
+pub mod tor;
 
 use std::{
     net::SocketAddr,
