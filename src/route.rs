@@ -64,8 +64,11 @@ pub struct NetworkRouter {
 }
 
 impl NetworkRouter {
-    /// Every network through `clearnet` (onion targets too, when it has a
-    /// proxy: set [`onion`](Self::onion) to change that).
+    /// IPv4, IPv6 and host-name targets through `clearnet`. Onion targets
+    /// go nowhere (a [`RouteError::NoRoute`]) until [`onion`](Self::onion)
+    /// sets their stack, and I2P and CJDNS ones until
+    /// [`route`](Self::route) does: no target leaves through a stack it
+    /// was not given to.
     pub fn new(clearnet: Dialer) -> Self {
         Self {
             clearnet,
