@@ -1,3 +1,0 @@
-mod support;
-#[test]
-fn placeholder() {}
