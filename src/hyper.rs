@@ -216,30 +216,18 @@ impl<S> HyperConnector<S> {
             _ => return Err(UriError::new(UriErrorKind::NoHost, uri, None)),
         };
         let port = uri.port_u16().unwrap_or(default_port);
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok((
-                Host::Target(Target::Socket(SocketAddr::new(ip, port))),
-                port,
-            ));
-        }
         let invalid = |e: crate::policy::InvalidHost| {
             UriError::new(UriErrorKind::InvalidHost, uri, Some(e.into()))
         };
-        if bare.to_ascii_lowercase().ends_with(".onion") {
-            let target = Target::onion(bare, port).map_err(invalid)?;
-            return Ok((Host::Target(target), port));
-        }
-        match &self.names {
-            Names::ToProxy => {
-                let target = Target::name(bare, port).map_err(invalid)?;
-                Ok((Host::Target(target), port))
-            }
-            Names::Resolve(r) => {
-                let name = Name::new(bare)
+        // IPs and onion services (any spelling) are dialled as they are;
+        // only a name is resolved, and never an onion's.
+        match (Target::name(host, port).map_err(invalid)?, &self.names) {
+            (Target::Name { host, .. }, Names::Resolve(r)) => {
+                let name = Name::new(&host)
                     .map_err(|e| UriError::new(UriErrorKind::InvalidHost, uri, Some(e.into())))?;
                 Ok((Host::Resolve(name, r.clone()), port))
             }
+            (target, _) => Ok((Host::Target(target), port)),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     task::{Context, Poll},
 };
 
@@ -100,7 +100,9 @@ impl NetworkRouter {
         self
     }
 
-    /// Targets of `network` (I2P, CJDNS) through `stack`.
+    /// Targets of `network` (I2P, CJDNS) through `stack`. I2P targets are
+    /// names under `.b32.i2p`; with a CJDNS route, IPv6 addresses in
+    /// fc00::/8 are CJDNS targets (Core's `-cjdnsreachable`).
     pub fn route(mut self, network: Network, stack: Dialer) -> Self {
         match network {
             Network::Onion => self.onion = Some(stack),
@@ -114,15 +116,22 @@ impl NetworkRouter {
 
     /// Dials only targets of these networks (Core's `-onlynet`); others
     /// fail with [`RouteError::NotAllowed`]. Local targets count as IPv4
-    /// or IPv6 by their address family.
+    /// or IPv6 by their address family (an IPv4-mapped IPv6 address is
+    /// IPv4).
     pub fn only(mut self, networks: impl IntoIterator<Item = Network>) -> Self {
         self.allowed = Some(networks.into_iter().collect());
         self
     }
 
     fn pick(&mut self, target: &Target) -> Result<&mut Dialer, RouteError> {
-        let network = match (target.host().network(), target) {
-            (Network::Local, Target::Socket(a)) if a.is_ipv4() => Network::Ipv4,
+        let host = target.host();
+        let cjdns = self.others.iter().any(|(n, _)| *n == Network::Cjdns);
+        let network = match (host.network(), host.as_ip()) {
+            // fc00::/8 is CJDNS once the router has a CJDNS route (Core's
+            // `-cjdnsreachable`), a private IPv6 network otherwise.
+            (_, Some(IpAddr::V6(ip))) if cjdns && ip.octets()[0] == 0xfc => Network::Cjdns,
+            // By the family of the address, an IPv4-mapped one unmapped.
+            (Network::Local, Some(ip)) if ip.is_ipv4() => Network::Ipv4,
             (Network::Local, _) => Network::Ipv6,
             (n, _) => n,
         };

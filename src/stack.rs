@@ -55,7 +55,7 @@ use std::{
 
 use tokio::net::TcpStream;
 use tower::{
-    BoxError, Layer, Service,
+    BoxError, Layer, Service, ServiceExt,
     timeout::Timeout,
     util::{Either, MapErr},
 };
@@ -208,7 +208,9 @@ impl Default for Dialer {
 }
 
 /// Dials onion services and host names through the proxy, IP addresses as
-/// `Service<SocketAddr>` does. Without a proxy, an onion or a name fails with
+/// `Service<SocketAddr>` does. Without a proxy, a host name is resolved by
+/// the system's resolver and its addresses dialled in turn until one
+/// answers (Core without `-proxy`), and an onion service fails with
 /// [`NeedsProxy`](crate::NeedsProxy) before any socket is opened.
 impl Service<crate::Target> for Dialer {
     type Response = TcpStream;
@@ -224,8 +226,15 @@ impl Service<crate::Target> for Dialer {
             return Box::pin(Service::<SocketAddr>::call(&mut self.inner, addr));
         }
         let Some((socks, timeout)) = &mut self.by_name else {
-            let err = crate::NeedsProxy(target.to_string());
-            return Box::pin(std::future::ready(Err(err.into())));
+            return match target {
+                crate::Target::Name { host, port } => {
+                    Box::pin(direct(self.inner.clone(), host, port))
+                }
+                _ => {
+                    let err = crate::NeedsProxy(target.to_string());
+                    Box::pin(std::future::ready(Err(err.into())))
+                }
+            };
         };
         let port = match &target {
             crate::Target::Onion { port, .. } | crate::Target::Name { port, .. } => *port,
@@ -243,6 +252,25 @@ impl Service<crate::Target> for Dialer {
             }
         })
     }
+}
+
+/// A name without a proxy: the system resolves it, and each address is
+/// dialled through the stack in turn until one connects; the last error
+/// otherwise.
+async fn direct(mut inner: Inner, host: String, port: u16) -> Result<TcpStream, BoxError> {
+    let addrs = tokio::net::lookup_host((host.as_str(), port)).await?;
+    let mut last: Option<BoxError> = None;
+    for addr in addrs {
+        match ServiceExt::<SocketAddr>::ready(&mut inner)
+            .await?
+            .call(addr)
+            .await
+        {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| format!("{host} has no address").into()))
 }
 
 impl Service<SocketAddr> for Dialer {

@@ -55,17 +55,38 @@ impl Target {
         }
     }
 
-    /// A host name the proxy resolves.
+    /// The target a host in text names: an IP literal (`127.0.0.1`,
+    /// `::1`, `[::1]`) is a socket address; a name under `.onion` (any
+    /// case, a trailing dot, subdomains such as `www.<key>.onion`) is the
+    /// onion service, validated; any other name is a host name the proxy
+    /// resolves. So an onion service or an IP never passes for a name, and
+    /// never leaves through a stack meant for names.
     ///
     /// # Errors
     ///
-    /// [`InvalidHost`] for an empty name, one over 255 bytes, or one that
-    /// is not printable ASCII.
+    /// [`InvalidHost`] for an invalid onion address, and for a name that is
+    /// empty, over 255 bytes, not printable ASCII, or has an empty label
+    /// (`a..b`, `.a`; one trailing dot is allowed).
     pub fn name(host: &str, port: u16) -> Result<Self, InvalidHost> {
-        let ok =
-            !host.is_empty() && host.len() <= 255 && host.bytes().all(|b| b.is_ascii_graphic());
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return Ok(Self::Socket(SocketAddr::new(ip, port)));
+        }
+        let ok = !host.is_empty()
+            && host.len() <= 255
+            && host.bytes().all(|b| b.is_ascii_graphic())
+            && !host.trim_end_matches('.').split('.').any(str::is_empty);
         if !ok {
             return Err(bad(host));
+        }
+        let lower = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(under) = lower.strip_suffix(".onion") {
+            // The service is the last label before `.onion`.
+            let key = under.rsplit('.').next().unwrap_or(under);
+            return Self::onion(&format!("{key}.onion"), port);
         }
         Ok(Self::Name {
             host: host.to_owned(),
@@ -93,7 +114,11 @@ impl PeerAddr for Target {
         match self {
             Self::Socket(a) => Host::ip(a.ip()),
             Self::Onion { key, .. } => Host::Onion(*key),
-            Self::Name { host, .. } => Host::name(host),
+            // An I2P destination is on the I2P network (a router sends it
+            // through the I2P proxy); any other name is a name.
+            Self::Name { host, .. } => {
+                Host::i2p(host.trim_end_matches('.')).unwrap_or_else(|_| Host::name(host))
+            }
         }
     }
 
@@ -124,18 +149,15 @@ impl fmt::Display for Target {
 impl FromStr for Target {
     type Err = InvalidHost;
 
-    /// `ip:port`, `[ipv6]:port`, `<key>.onion:port` or `name:port`.
+    /// `ip:port`, `[ipv6]:port`, `<key>.onion:port` or `name:port`, read
+    /// as [`Target::name`] reads the host.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Ok(Self::Socket(a));
         }
         let (host, port) = s.rsplit_once(':').ok_or_else(|| bad(s))?;
         let port: u16 = port.parse().map_err(|_| bad(s))?;
-        if host.to_ascii_lowercase().ends_with(".onion") {
-            Self::onion(host, port)
-        } else {
-            Self::name(host, port)
-        }
+        Self::name(host, port)
     }
 }
 

@@ -137,12 +137,15 @@ impl<A: Address, D: DialService<A>> Builder<A, D> {
         }
     }
 
-    /// Closes a connection, in either direction, through which no byte
-    /// moved either way for `timeout`, reported as
-    /// [`DisconnectReason::Inactive`](super::DisconnectReason::Inactive)
-    /// (Core's 20 minutes): a dead peer behind Tor can look alive for a long
-    /// time. It is checked four times per timeout, so a silent connection
-    /// ends between `timeout` and `1.25 × timeout`. `None` (the default)
+    /// Closes a connection, outbound or inbound, from which no byte was
+    /// read for `timeout`, or to which none was written, reported as
+    /// [`DisconnectReason::Inactive`](super::DisconnectReason::Inactive):
+    /// Core's receive and send timeouts (20 minutes). A dead peer behind
+    /// Tor can look alive for a long time, and the node's own pings to it
+    /// still leave; what it never gets is an answer. A protocol with pings
+    /// both ways (Bitcoin's) keeps both directions busy. It is checked four
+    /// times per timeout, so a silent direction ends its connection between
+    /// `timeout` and `1.25 × timeout`. `None` (the default)
     /// never closes one. `Some(ZERO)` is
     /// [`ConfigError::ZeroInactivityTimeout`].
     pub fn inactivity_timeout(mut self, timeout: Option<Duration>) -> Self {

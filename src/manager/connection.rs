@@ -42,16 +42,18 @@ impl<A> ConnInfo<A> {
     }
 }
 
-/// The close bit of `Control::state`.
+/// The bits of `Control::state`: closed by the manager, and bytes read and
+/// written since the inactivity check last looked.
 const CLOSED: u64 = 1 << 63;
+const READ: u64 = 1;
+const WRITE: u64 = 2;
 
 /// State shared by a [`Connection`] and the manager: the close signal and
 /// the outbound permit the connection holds, if any.
 pub(crate) struct Control {
-    /// The close signal (the top bit) and the count of reads and writes
-    /// that moved bytes (the rest), in one word: the inactivity timeout
-    /// watches the count change (a counter, so the I/O path reads no
-    /// clock).
+    /// The close signal, and whether bytes were read and written since
+    /// the inactivity check last looked, in one word (flags, so the I/O
+    /// path reads no clock and writes the word at most once per check).
     state: AtomicU64,
     read: AtomicWaker,
     write: AtomicWaker,
@@ -86,15 +88,17 @@ impl Control {
         drop(permit);
     }
 
-    /// How many reads and writes moved bytes so far.
-    pub(crate) fn activity(&self) -> u64 {
-        self.state.load(Ordering::Relaxed) & !CLOSED
+    /// Whether bytes were read, and written, since the last call.
+    pub(crate) fn take_activity(&self) -> (bool, bool) {
+        let state = self.state.fetch_and(!(READ | WRITE), Ordering::Relaxed);
+        (state & READ != 0, state & WRITE != 0)
     }
 
     #[inline]
-    fn active(&self) {
-        // 2^63 reads and writes would reach the close bit: none lives so long.
-        self.state.fetch_add(1, Ordering::Relaxed);
+    fn active(&self, bit: u64) {
+        if self.state.load(Ordering::Relaxed) & bit == 0 {
+            self.state.fetch_or(bit, Ordering::Relaxed);
+        }
     }
 
     #[inline]
@@ -279,7 +283,7 @@ impl<IO: AsyncRead, A> AsyncRead for Connection<IO, A> {
         let before = buf.filled().len();
         let res = guarded(control, &control.read, cx, |cx| this.io.poll_read(cx, buf));
         if buf.filled().len() > before {
-            control.active();
+            control.active(READ);
         }
         res
     }
@@ -297,7 +301,7 @@ impl<IO: AsyncWrite, A> AsyncWrite for Connection<IO, A> {
             this.io.poll_write(cx, buf)
         });
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            control.active();
+            control.active(WRITE);
         }
         res
     }
@@ -313,7 +317,7 @@ impl<IO: AsyncWrite, A> AsyncWrite for Connection<IO, A> {
             this.io.poll_write_vectored(cx, bufs)
         });
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            control.active();
+            control.active(WRITE);
         }
         res
     }

@@ -377,9 +377,9 @@ pub enum DisconnectReason {
     /// Its address was banned ([`Handle::ban`](super::Handle::ban), or a
     /// ban score past the threshold).
     Banned,
-    /// No byte moved either way for the
-    /// [`inactivity_timeout`](super::Builder::inactivity_timeout) (Core
-    /// closes such a peer after 20 minutes). A permanent peer is
+    /// No byte was read, or none written, for the
+    /// [`inactivity_timeout`](super::Builder::inactivity_timeout) (Core's
+    /// receive and send timeouts, 20 minutes). A permanent peer is
     /// reconnected.
     Inactive,
     /// A [feeler](ConnClass::Feeler) held for the

@@ -71,7 +71,8 @@ use std::{
 
 use tower::BoxError;
 
-/// A host name to resolve: 1 to 253 bytes, no spaces or control characters.
+/// A host name to resolve: 1 to 253 bytes, no spaces or control characters,
+/// no empty label (`a..b`, `.a`; one trailing dot is allowed).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Name(String);
 
@@ -85,7 +86,8 @@ impl Name {
         let name = name.into();
         let ok = !name.is_empty()
             && name.len() <= 253
-            && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+            && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+            && !name.trim_end_matches('.').split('.').any(str::is_empty);
         if ok {
             Ok(Self(name))
         } else {

@@ -49,7 +49,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 dial: None,
                 next_attempt: None,
                 control: None,
-                idle: (0, super::UNSEEN),
+                idle: (super::UNSEEN, super::UNSEEN),
                 place,
                 counted: class,
                 extra: None,
@@ -261,7 +261,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         set_state(&self.shared, slot, ConnState::Established);
         let now = Instant::now();
         slot.at = now;
-        slot.idle = (0, super::UNSEEN);
+        slot.idle = (super::UNSEEN, super::UNSEEN);
         let control = Control::new(permit);
         slot.control = Some(control.clone());
         self.shared.dial_established(counted);

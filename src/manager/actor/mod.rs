@@ -79,10 +79,9 @@ struct Slot<A> {
     dial: Option<AbortHandle>,
     next_attempt: Option<Instant>,
     control: Option<Arc<Control>>,
-    /// The connection's activity count when last looked at (its low bits),
-    /// and for how many checks of the inactivity timeout it has not
-    /// changed; [`UNSEEN`] until the first check.
-    idle: (u32, u8),
+    /// For how many checks of the inactivity timeout in a row nothing was
+    /// read, and nothing written; [`UNSEEN`] until the first check.
+    idle: (u8, u8),
     /// What it counts for in the policy.
     place: Place,
     /// The class the dial in flight was counted in: a request made
@@ -273,7 +272,9 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         callbacks,
         abandoned,
         inactivity: config.inactivity_timeout.map(|timeout| {
-            let every = timeout / u32::from(IDLE_CHECKS);
+            // Never zero, which `interval` refuses: a timeout of a few
+            // nanoseconds is checked every nanosecond.
+            let every = (timeout / u32::from(IDLE_CHECKS)).max(Duration::from_nanos(1));
             let mut tick = tokio::time::interval_at(Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             (timeout, tick)
@@ -366,17 +367,17 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             else {
                 continue;
             };
-            // Low bits: a count that moved by a multiple of 2^32 between
-            // two checks would look still, which no connection does.
-            let count = control.activity() as u32;
-            if slot.idle.1 == UNSEEN || count != slot.idle.0 {
-                slot.idle = (count, 0);
-            } else {
-                // A whole timeout since the check that saw the last change.
-                slot.idle.1 += 1;
-                if slot.idle.1 >= IDLE_CHECKS {
-                    silent.push(slot.info.id);
-                }
+            let (read, written) = control.take_activity();
+            if slot.idle.0 == UNSEEN {
+                // Counted from the first check, so a whole timeout passes.
+                slot.idle = (0, 0);
+                continue;
+            }
+            let quiet = |n: u8, moved: bool| if moved { 0 } else { n.saturating_add(1) };
+            slot.idle = (quiet(slot.idle.0, read), quiet(slot.idle.1, written));
+            // Core's receive and send timeouts: either direction silent.
+            if slot.idle.0 >= IDLE_CHECKS || slot.idle.1 >= IDLE_CHECKS {
+                silent.push(slot.info.id);
             }
         }
         for id in silent {

@@ -65,7 +65,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         };
         set_state(&self.shared, slot, ConnState::Established);
         slot.at = now;
-        slot.idle = (0, super::UNSEEN);
+        slot.idle = (super::UNSEEN, super::UNSEEN);
         let control = Control::new(None);
         slot.control = Some(control.clone());
         self.shared.inbound_accepted();
