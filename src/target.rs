@@ -59,8 +59,9 @@ impl Target {
     /// `::1`, `[::1]`) is a socket address; a name under `.onion` (any
     /// case, a trailing dot, subdomains such as `www.<key>.onion`) is the
     /// onion service, validated; any other name is a host name the proxy
-    /// resolves. So an onion service or an IP never passes for a name, and
-    /// never leaves through a stack meant for names.
+    /// resolves, kept in lower case without the root's dot. So an onion
+    /// service or an IP never passes for a name, never leaves through a
+    /// stack meant for names, and one name in two spellings is one peer.
     ///
     /// # Errors
     ///
@@ -88,10 +89,9 @@ impl Target {
             let key = under.rsplit('.').next().unwrap_or(under);
             return Self::onion(&format!("{key}.onion"), port);
         }
-        Ok(Self::Name {
-            host: host.to_owned(),
-            port,
-        })
+        // One spelling per name: case and the root's dot do not make
+        // another peer.
+        Ok(Self::Name { host: lower, port })
     }
 
     /// The host part as the proxy is told it: an IP, `<key>.onion`, or the

@@ -202,7 +202,9 @@ impl<IO, A> Connection<IO, A> {
 
     /// A mutable reference to the underlying stream.
     ///
-    /// Reading or writing through it bypasses the manager's close signal.
+    /// Reading or writing through it bypasses the manager's close signal,
+    /// and the [inactivity timeout](super::Builder::inactivity_timeout)
+    /// does not see it.
     pub fn get_mut(&mut self) -> &mut IO {
         &mut self.io
     }
@@ -328,10 +330,9 @@ impl<IO: AsyncWrite, A> AsyncWrite for Connection<IO, A> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
-        if this.control.is_closed() {
-            return Poll::Ready(Err(aborted()));
-        }
-        this.io.poll_flush(cx)
+        let control = &**this.control;
+        // A flush that waits is woken by a close too.
+        guarded(control, &control.write, cx, |cx| this.io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -272,9 +272,13 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         callbacks,
         abandoned,
         inactivity: config.inactivity_timeout.map(|timeout| {
-            // Never zero, which `interval` refuses: a timeout of a few
-            // nanoseconds is checked every nanosecond.
-            let every = (timeout / u32::from(IDLE_CHECKS)).max(Duration::from_nanos(1));
+            // Rounded up, so that four checks never span less than the
+            // timeout; never zero, which `interval` refuses.
+            let checks = u32::from(IDLE_CHECKS);
+            let mut every = timeout / checks;
+            if every * checks < timeout {
+                every += Duration::from_nanos(1);
+            }
             let mut tick = tokio::time::interval_at(Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             (timeout, tick)
