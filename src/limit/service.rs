@@ -56,6 +56,15 @@ impl<S> OutboundLimit<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+
+    /// After `poll_ready` said ready: the ready inner service with the
+    /// permit it holds, leaving `fresh` in its place. The limit keeps its
+    /// semaphore (and the future it waits with), so that the next wait
+    /// allocates nothing. `None` if no permit is held.
+    pub(crate) fn take_ready(&mut self, fresh: S) -> Option<(S, OwnedSemaphorePermit)> {
+        let permit = self.permit.take()?;
+        Some((std::mem::replace(&mut self.inner, fresh), permit))
+    }
 }
 
 impl<S: Clone> Clone for OutboundLimit<S> {

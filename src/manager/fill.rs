@@ -44,6 +44,9 @@ use super::{
 };
 use crate::limit::OutboundLimit;
 
+/// A ready dial stack with the outbound permit it was made ready with.
+pub(crate) type Ready<D> = (D, tokio::sync::OwnedSemaphorePermit);
+
 /// How many candidates in a row the policy may skip before the fill task
 /// waits the throttle wait.
 const SKIPS_PER_ROUND: u64 = 32;
@@ -58,7 +61,7 @@ pub(crate) struct Fill<A, D: Service<A>> {
     pub(crate) classes: Vec<Arc<ClassLimit>>,
     /// Anchors, dialled as block-relay connections before anything else.
     pub(crate) anchors: VecDeque<A>,
-    pub(crate) tx: mpsc::Sender<AutoDial<A, OutboundLimit<D>>>,
+    pub(crate) tx: mpsc::Sender<AutoDial<A, Ready<D>>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) throttle_wait: Duration,
     pub(crate) max_failures: u32,
@@ -152,9 +155,12 @@ impl<A: Address, D: DialService<A>> Fill<A, D> {
                 },
             };
             let started = Instant::now();
-            // The ready stack (holding its permit) goes with the candidate;
-            // the next round starts from a fresh clone.
-            let ready = std::mem::replace(&mut svcs[i], self.limited(i));
+            // The ready stack and its permit go with the candidate; the
+            // limit stays, with a fresh clone of the stack, so its next
+            // wait reuses what the last one allocated.
+            let Some(ready) = svcs[i].take_ready(self.dialer.clone()) else {
+                continue;
+            };
             let dial = AutoDial {
                 addr,
                 started,

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
-use tower::{BoxError, Service, ServiceExt};
+use tower::{BoxError, ServiceExt};
 use tracing::Instrument;
 
 use super::{Actor, LONGEST_DELAY, Slot, TOMBSTONES};
-use crate::limit::OutboundLimit;
 use crate::manager::{
     Address, ConnClass, ConnId, ConnInfo, ConnKind, ConnState, Connection, DialFailure,
     DialService, Direction, DisconnectReason, Disconnected, Error,
@@ -16,6 +15,7 @@ use crate::manager::{
     counters::Shared,
     dial,
     events::Event,
+    fill,
     message::{AutoDial, Dialed, Dropped, Io},
 };
 use crate::policy::state::Place;
@@ -161,7 +161,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         self.spawn_dial(id, fut, |io| (io, None), false);
     }
 
-    pub(super) fn on_auto_dial(&mut self, dial: AutoDial<A, OutboundLimit<D>>) {
+    pub(super) fn on_auto_dial(&mut self, dial: AutoDial<A, fill::Ready<D>>) {
         let AutoDial {
             addr,
             started,
@@ -187,10 +187,14 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "dialing automatic peer");
         // The stack's `call` runs on the dial task, where a panic in it is
         // one failed attempt.
-        let (mut svc, shared) = (svc, self.shared.clone());
+        let ((mut svc, permit), shared) = (svc, self.shared.clone());
         let fut = async move {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(addr))) {
-                Ok(fut) => fut.await.map_err(Into::into),
+                // The permit moves into the connection, as through the
+                // limit's own `call`.
+                Ok(fut) => crate::limit::future::ResponseFuture::new(fut, Some(permit))
+                    .await
+                    .map_err(Into::into),
                 Err(_) => Err(BoxError::from(shared.panicked("dial stack call"))),
             }
         };

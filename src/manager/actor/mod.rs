@@ -31,13 +31,12 @@ use super::{
     connection::Control,
     counters::Shared,
     events::{self, Outbox},
-    fill::{Fill, Relay},
+    fill::{self, Fill, Relay},
     message::{Accepted, AutoDial, Command, Dialed, Dropped},
 };
 use crate::{
     addrman::AddrMan,
     backoff::Backoff,
-    limit::OutboundLimit,
     policy::{BanScore, state::Place, state::PolicyState},
     source::Observer,
 };
@@ -131,7 +130,7 @@ pub(crate) struct Actor<A, D: Service<A>> {
     ended: VecDeque<(ConnId, ConnState)>,
     commands: mpsc::Receiver<Command<A>>,
     /// From the fill task; `None` without one.
-    auto: Option<mpsc::Receiver<AutoDial<A, OutboundLimit<D>>>>,
+    auto: Option<mpsc::Receiver<AutoDial<A, fill::Ready<D>>>>,
     /// From the accept loops; `None` without listeners.
     accepted: Option<mpsc::Receiver<Accepted>>,
     inbound_addr: Option<fn(std::net::SocketAddr) -> A>,
