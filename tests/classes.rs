@@ -22,28 +22,10 @@ use connmgr::{
 use support::{
     Gate, HoldingPeer,
     addrs::temp_dir,
-    manager::{assert_counts_exact, cycle, established_in, keep},
+    manager::{Log, assert_counts_exact, cycle, dials_to, established_in, keep, recording},
     refused_addrs, settle, until_async,
 };
 use tokio::net::TcpStream;
-
-/// A dial stack over real TCP that records every address it is asked for,
-/// in order.
-fn recording(
-    log: Arc<Mutex<Vec<SocketAddr>>>,
-) -> impl tower::Service<
-    SocketAddr,
-    Response = TcpStream,
-    Error = std::io::Error,
-    Future = impl Future<Output = std::io::Result<TcpStream>> + Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |addr: SocketAddr| {
-        log.lock().expect("log").push(addr);
-        TcpStream::connect(addr)
-    })
-}
 
 /// Each class keeps its own target from one source: 3 full-relay and 2
 /// block-relay connections; a dropped block-relay connection is replaced
@@ -374,9 +356,9 @@ async fn anchors_dialled_first_after_restart() {
     let anchors: HashSet<SocketAddr> = back.anchors().into_iter().collect();
     assert_eq!(anchors, block, "the block-relay peers are the anchors");
 
-    let log: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+    let log: Log = Arc::default();
     let (held, on_connection) = keep();
-    let handle = Builder::new(recording(log.clone()))
+    let handle = Builder::new(recording(log.clone(), Duration::ZERO))
         .target_outbound(3)
         .class_target(ConnClass::BlockRelay, 2)
         .feelers(None)
@@ -414,9 +396,9 @@ async fn failed_anchor_forgotten() {
     let man = AddrMan::<SocketAddr>::seeded(10).admit_local(true);
     man.add(live.addrs[1..].iter().copied(), Source::User);
     man.set_anchors([dead, live.addrs[0]]);
-    let log: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+    let log: Log = Arc::default();
     let (held, on_connection) = keep();
-    let handle = Builder::new(recording(log.clone()))
+    let handle = Builder::new(recording(log.clone(), Duration::ZERO))
         .target_outbound(1)
         .class_target(ConnClass::BlockRelay, 2)
         .feelers(None)
@@ -431,12 +413,7 @@ async fn failed_anchor_forgotten() {
     .await;
     // An hour later the dead anchor has still been dialled once.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    let dials_to_dead = log
-        .lock()
-        .expect("log")
-        .iter()
-        .filter(|a| **a == dead)
-        .count();
+    let dials_to_dead = dials_to(&log, dead);
     assert_eq!(dials_to_dead, 1, "a failed anchor is not retried");
     let anchor = held
         .lock()

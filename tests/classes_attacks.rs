@@ -6,7 +6,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -22,43 +22,10 @@ use connmgr::{
 use support::{
     HoldingPeer,
     addrs::temp_dir,
-    manager::{assert_counts_exact, cycle, established_in, keep},
+    manager::{Log, assert_counts_exact, cycle, dials_to, established_in, keep, recording},
     refused_addrs, settle, until_async,
 };
 use tokio::net::TcpStream;
-
-type Log = Arc<Mutex<Vec<SocketAddr>>>;
-
-/// A dial stack over real TCP that records every address it is asked for
-/// and waits `delay` (paused time) before connecting: a slow network, so
-/// that a test can act while a dial is in flight.
-fn slow_recording(
-    log: Log,
-    delay: Duration,
-) -> impl tower::Service<
-    SocketAddr,
-    Response = TcpStream,
-    Error = std::io::Error,
-    Future = impl Future<Output = std::io::Result<TcpStream>> + Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |addr: SocketAddr| {
-        log.lock().expect("log").push(addr);
-        async move {
-            tokio::time::sleep(delay).await;
-            TcpStream::connect(addr).await
-        }
-    })
-}
-
-fn dials_to(log: &Log, addr: SocketAddr) -> usize {
-    log.lock()
-        .expect("log")
-        .iter()
-        .filter(|a| **a == addr)
-        .count()
-}
 
 /// Waits (advancing paused time in small steps) for an entry matching
 /// `pred`, and returns its id and address.
@@ -103,18 +70,10 @@ async fn permanent_request_on_held_feeler_survives_the_hold() {
     })
     .await;
     let feeler = held.lock().expect("held")[0].id();
-    eprintln!(
-        "DEBUG snap {:?}",
-        handle.snapshot().await.expect("snap").entries
-    );
     let id = handle
         .connect_permanent(peer.addr)
         .await
         .expect("permanent request");
-    eprintln!(
-        "DEBUG after {:?}",
-        handle.snapshot().await.expect("snap").entries
-    );
     assert_ne!(id, feeler, "the feeler gives way to the request");
     // Well past the feeler hold.
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -143,7 +102,7 @@ async fn upgraded_feeler_closed_by_app_reconnects_and_feelers_go_on() {
     man.add([peer.addr], Source::User);
     let (held, on_connection) = keep();
     let log: Log = Arc::default();
-    let handle = Builder::new(slow_recording(log.clone(), Duration::ZERO))
+    let handle = Builder::new(recording(log.clone(), Duration::ZERO))
         .target_outbound(0)
         .address_manager(man.clone())
         .feelers(Some(Duration::from_secs(10)))
@@ -194,7 +153,7 @@ async fn permanent_request_during_feeler_dial_is_retried() {
     let dead = refused_addrs(4).await;
     man.add(dead.clone(), Source::User);
     let log: Log = Arc::default();
-    let handle = Builder::new(slow_recording(log.clone(), Duration::from_secs(5)))
+    let handle = Builder::new(recording(log.clone(), Duration::from_secs(5)))
         .target_outbound(0)
         .address_manager(man.clone())
         .feelers(Some(Duration::from_secs(60)))
@@ -303,7 +262,7 @@ async fn extra_made_permanent_while_dialling_brings_class_back() {
     let peer = HoldingPeer::start_many(8).await;
     let log: Log = Arc::default();
     let (_held, on_connection) = keep();
-    let handle = Builder::new(slow_recording(log.clone(), Duration::from_secs(5)))
+    let handle = Builder::new(recording(log.clone(), Duration::from_secs(5)))
         .target_outbound(2)
         .feelers(None)
         .address_source(cycle(peer.addrs.clone()))
@@ -401,7 +360,7 @@ async fn duplicate_anchors_dialled_once() {
     man.set_anchors([live.addrs[0], live.addrs[0]]);
     let log: Log = Arc::default();
     let (held, on_connection) = keep();
-    let handle = Builder::new(slow_recording(log.clone(), Duration::ZERO))
+    let handle = Builder::new(recording(log.clone(), Duration::ZERO))
         .target_outbound(1)
         .class_target(ConnClass::BlockRelay, 2)
         .feelers(None)
@@ -437,7 +396,7 @@ async fn banned_anchor_not_dialled() {
     man.set_anchors([banned.addr]);
     let log: Log = Arc::default();
     let (held, on_connection) = keep();
-    let handle = Builder::new(slow_recording(log.clone(), Duration::ZERO))
+    let handle = Builder::new(recording(log.clone(), Duration::ZERO))
         .target_outbound(1)
         .class_target(ConnClass::BlockRelay, 1)
         .feelers(None)
@@ -584,7 +543,7 @@ async fn remove_and_stop_during_feeler_dials() {
     let man = AddrMan::<SocketAddr>::seeded(14).admit_local(true);
     man.add(refused_addrs(8).await, Source::User);
     let log: Log = Arc::default();
-    let handle = Builder::new(slow_recording(log.clone(), Duration::from_secs(20)))
+    let handle = Builder::new(recording(log.clone(), Duration::from_secs(20)))
         .target_outbound(0)
         .address_manager(man)
         .feelers(Some(Duration::from_secs(10)))

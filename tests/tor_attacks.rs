@@ -77,86 +77,68 @@ async fn tor_like(reply: Vec<u8>) -> (SocketAddr, std::sync::Arc<std::sync::Mute
 // NetworkRouter: targets leaking through the wrong stack
 // ===================================================================
 
-/// `<onion>.onion.` (a trailing dot, as in an FQDN) is the same onion
-/// service. Core's -proxy=A -onion=B: it must never go to the clearnet
-/// proxy A.
-#[tokio::test]
-async fn router_onion_with_trailing_dot_leaks_to_clearnet_proxy() {
+/// Core's `-proxy=A -onion=B`: a fake proxy for each, both able to reach
+/// the echo server by the onion's name (with and without the root dot),
+/// and the router between them.
+async fn tor_and_clearnet() -> (FakeSocks5, FakeSocks5, NetworkRouter) {
     let echo = support::echo_target().await;
-    let dotted = format!("{}.", onion());
-    let tor = FakeSocks5::start(
-        Behaviour::Hosts(vec![(onion(), echo), (dotted.clone(), echo)]),
-        None,
-    )
-    .await;
-    let clearnet = FakeSocks5::start(
-        Behaviour::Hosts(vec![(onion(), echo), (dotted.clone(), echo)]),
-        None,
-    )
-    .await;
+    let names = || Behaviour::Hosts(vec![(onion(), echo), (format!("{}.", onion()), echo)]);
+    let tor = FakeSocks5::start(names(), None).await;
+    let clearnet = FakeSocks5::start(names(), None).await;
     let router = NetworkRouter::core(Some(clearnet.addr), Some(tor.addr));
-    if let Ok(target) = format!("{dotted}:8333").parse::<Target>() {
-        let _ = router.clone().oneshot(target).await;
-    }
+    (tor, clearnet, router)
+}
+
+/// The onion reached the Tor proxy, by its canonical name, and nothing
+/// reached the clearnet one.
+fn assert_went_to_tor(tor: &FakeSocks5, clearnet: &FakeSocks5) {
     assert!(
         clearnet.connected_names().is_empty(),
         "the onion service was asked of the clearnet proxy: {:?}",
         clearnet.connected_names()
     );
+    assert_eq!(tor.connected_names(), [onion()], "through the onion proxy");
+}
+
+/// `<onion>.onion.` (a trailing dot, as in an FQDN) is the same onion
+/// service: it goes to the onion proxy, never to the clearnet one.
+#[tokio::test]
+async fn router_onion_with_trailing_dot_goes_to_tor() {
+    let (tor, clearnet, router) = tor_and_clearnet().await;
+    let target: Target = format!("{}.:8333", onion()).parse().expect("an onion");
+    router.oneshot(target).await.expect("dialled");
+    assert_went_to_tor(&tor, &clearnet);
 }
 
 /// The same through the hyper connector over a router.
 #[tokio::test]
-async fn hyper_onion_with_trailing_dot_leaks_to_clearnet_proxy() {
-    let echo = support::echo_target().await;
-    let dotted = format!("{}.", onion());
-    let tor = FakeSocks5::start(
-        Behaviour::Hosts(vec![(onion(), echo), (dotted.clone(), echo)]),
-        None,
-    )
-    .await;
-    let clearnet = FakeSocks5::start(
-        Behaviour::Hosts(vec![(onion(), echo), (dotted.clone(), echo)]),
-        None,
-    )
-    .await;
-    let router = NetworkRouter::core(Some(clearnet.addr), Some(tor.addr));
+async fn hyper_onion_with_trailing_dot_goes_to_tor() {
+    let (tor, clearnet, router) = tor_and_clearnet().await;
     let mut c = HyperConnector::from_service(router);
-    let uri: http::Uri = format!("http://{dotted}:8333/").parse().unwrap();
-    let _ = c.call(uri).await;
-    assert!(
-        clearnet.connected_names().is_empty(),
-        "the onion service was asked of the clearnet proxy: {:?}",
-        clearnet.connected_names()
-    );
+    let uri: http::Uri = format!("http://{}.:8333/", onion()).parse().unwrap();
+    c.call(uri).await.expect("dialled");
+    assert_went_to_tor(&tor, &clearnet);
 }
 
 /// A valid onion address given to `Target::name` is still an onion
-/// service: it must not leave through the clearnet proxy.
+/// service: it goes to the onion proxy.
 #[tokio::test]
-async fn router_target_name_of_onion_leaks_to_clearnet_proxy() {
-    let echo = support::echo_target().await;
-    let tor = FakeSocks5::start(Behaviour::Hosts(vec![(onion(), echo)]), None).await;
-    let clearnet = FakeSocks5::start(Behaviour::Hosts(vec![(onion(), echo)]), None).await;
-    let router = NetworkRouter::core(Some(clearnet.addr), Some(tor.addr));
-    if let Ok(target) = Target::name(&onion(), 8333) {
-        let _ = router.clone().oneshot(target.clone()).await;
-        assert!(
-            clearnet.connected_names().is_empty(),
-            "the onion service was asked of the clearnet proxy: {:?}",
-            clearnet.connected_names()
-        );
-        assert_eq!(target.host().network(), Network::Onion, "{target}");
-    }
+async fn router_target_name_of_onion_goes_to_tor() {
+    let (tor, clearnet, router) = tor_and_clearnet().await;
+    let target = Target::name(&onion(), 8333).expect("an onion");
+    assert_eq!(target.host().network(), Network::Onion, "{target}");
+    router.oneshot(target).await.expect("dialled");
+    assert_went_to_tor(&tor, &clearnet);
 }
 
 /// An onion address with a bad checksum never reaches the proxy, whichever
 /// constructor made the target.
 #[tokio::test]
-async fn target_name_bad_onion_checksum_reaches_proxy() {
+async fn target_name_bad_onion_checksum_refused() {
     let echo = support::echo_target().await;
     let proxy = FakeSocks5::start(Behaviour::Hosts(vec![(bad_onion(), echo)]), None).await;
     let dialer = DialStack::new().socks5(proxy.addr).build();
+    assert!(Target::name(&bad_onion(), 80).is_err(), "a typed refusal");
     if let Ok(target) = Target::name(&bad_onion(), 80) {
         let _ = dialer.oneshot(target).await;
     }
@@ -170,7 +152,7 @@ async fn target_name_bad_onion_checksum_reaches_proxy() {
 /// `route(Network::I2p, stack)`: an I2P destination goes through that
 /// stack, not the clearnet one.
 #[tokio::test]
-async fn router_i2p_route_is_never_taken() {
+async fn router_i2p_route_taken() {
     let echo = support::echo_target().await;
     let i2p = Host::I2p([7; 32]).to_string();
     let i2p_proxy = FakeSocks5::start(Behaviour::Hosts(vec![(i2p.clone(), echo)]), None).await;
@@ -212,7 +194,7 @@ async fn router_i2p_route_is_never_taken() {
 /// that stack. Both "stacks" are loopback proxies; which one is dialled is
 /// observed by which listener accepts (nothing leaves loopback).
 #[tokio::test]
-async fn router_cjdns_route_is_never_taken() {
+async fn router_cjdns_route_taken() {
     let clear = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cjdns = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = NetworkRouter::new(DialStack::new().socks5(clear.local_addr().unwrap()).build())
@@ -236,7 +218,7 @@ async fn router_cjdns_route_is_never_taken() {
 /// An IPv4-mapped loopback address is IPv4 (Host::ip maps it): -onlynet=ipv6
 /// must refuse it, before any socket.
 #[tokio::test]
-async fn router_onlynet_ipv6_lets_ipv4_mapped_through() {
+async fn router_onlynet_ipv6_refuses_ipv4_mapped() {
     let echo = support::echo_target().await;
     let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", echo.port())
         .parse()
@@ -258,7 +240,7 @@ async fn router_onlynet_ipv6_lets_ipv4_mapped_through() {
 /// Core's `-onion` alone (no -proxy): clearnet is direct. A named peer
 /// (`-addnode=localhost:port`) is resolved and dialled, as Core does.
 #[tokio::test]
-async fn router_core_onion_only_cannot_dial_named_peer() {
+async fn router_core_onion_only_dials_named_peer_direct() {
     let echo = support::echo_target().await;
     let tor = FakeSocks5::start(Behaviour::Proxy, None).await;
     let router = NetworkRouter::core(None, Some(tor.addr));
@@ -271,7 +253,7 @@ async fn router_core_onion_only_cannot_dial_named_peer() {
 /// An IP literal given as a name is an IP for the policy (bans, onlynet,
 /// groups), or refused: otherwise a ban on 127.0.0.1 does not cover it.
 #[test]
-fn target_name_ip_literal_bypasses_ip_policy() {
+fn target_name_ip_literal_is_a_socket_address() {
     if let Ok(t) = Target::name("127.0.0.1", 8333) {
         assert_eq!(
             t.host(),
@@ -288,7 +270,7 @@ fn target_name_ip_literal_bypasses_ip_policy() {
 /// Tor reaches `www.<onion>.onion` (subdomains of an onion service); the
 /// connector refuses it as an invalid host.
 #[tokio::test]
-async fn hyper_onion_subdomain_refused() {
+async fn hyper_onion_subdomain_dialled() {
     let echo = support::echo_target().await;
     let sub = format!("www.{}", onion());
     let proxy = FakeSocks5::start(
@@ -310,7 +292,7 @@ async fn hyper_onion_subdomain_refused() {
 /// failure), see the reference. The issue lists `a..b` among the names that
 /// must not look like a dead proxy.
 #[tokio::test]
-async fn tor_resolve_malformed_name_is_proxy_failure() {
+async fn tor_resolve_malformed_name_is_invalid_name() {
     let (proxy, seen) = tor_like(vec![5, 1, 0, 1, 0, 0, 0, 0, 0, 0]).await;
     let r = match Name::new("a..b") {
         Ok(name) => TorResolver::new(proxy).oneshot(name).await,
@@ -335,7 +317,7 @@ async fn tor_resolve_malformed_name_is_proxy_failure() {
 /// A timeout of a few nanoseconds is not zero, so it passes validation:
 /// start() must not panic.
 #[tokio::test(start_paused = true)]
-async fn inactivity_timeout_of_one_nanosecond_panics() {
+async fn inactivity_timeout_of_one_nanosecond_runs() {
     let r = std::panic::AssertUnwindSafe(async {
         ConnManager::builder()
             .inactivity_timeout(Some(Duration::from_nanos(1)))
@@ -348,7 +330,7 @@ async fn inactivity_timeout_of_one_nanosecond_panics() {
 
 /// "Never" written as Duration::MAX must not panic either.
 #[tokio::test(start_paused = true)]
-async fn inactivity_timeout_of_duration_max_panics() {
+async fn inactivity_timeout_of_duration_max_runs() {
     let r = std::panic::AssertUnwindSafe(async {
         ConnManager::builder()
             .inactivity_timeout(Some(Duration::MAX))
@@ -363,7 +345,7 @@ async fn inactivity_timeout_of_duration_max_panics() {
 /// the bytes), nothing ever comes back. Core closes it after 20 minutes
 /// without receiving ("socket receive timeout"); here it stays forever.
 #[tokio::test(start_paused = true)]
-async fn inactivity_write_only_dead_peer_never_closed() {
+async fn inactivity_write_only_dead_peer_closed() {
     let dead = HoldingPeer::start().await; // reads, never answers
     let (b, mut ev) =
         record(ConnManager::builder().inactivity_timeout(Some(Duration::from_secs(20 * 60))));

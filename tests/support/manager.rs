@@ -129,3 +129,40 @@ pub async fn established_in(
         .expect("snapshot")
         .established_in(class)
 }
+
+/// The addresses a [`recording`] stack was asked for, in order.
+pub type Log = std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>;
+
+/// A dial stack over real TCP that records every address it is asked for
+/// and, when `delay` is not zero, waits it (paused time) before connecting:
+/// a slow network, so that a test can act while a dial is in flight.
+pub fn recording(
+    log: Log,
+    delay: std::time::Duration,
+) -> impl tower::Service<
+    SocketAddr,
+    Response = TcpStream,
+    Error = std::io::Error,
+    Future = impl Future<Output = std::io::Result<TcpStream>> + Send + 'static,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |addr: SocketAddr| {
+        log.lock().expect("log").push(addr);
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            TcpStream::connect(addr).await
+        }
+    })
+}
+
+/// How many times `addr` was dialled through a [`recording`] stack.
+pub fn dials_to(log: &Log, addr: SocketAddr) -> usize {
+    log.lock()
+        .expect("log")
+        .iter()
+        .filter(|a| **a == addr)
+        .count()
+}
