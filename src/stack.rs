@@ -153,7 +153,7 @@ impl DialStack {
         let by_name = self
             .socks5
             .as_ref()
-            .map(|socks| (socks.layer(self.connector.clone()), self.timeout));
+            .map(|socks| socks.layer(self.connector.clone()));
         let transport = match self.socks5 {
             Some(socks) => Either::Left(MapErr::new(
                 socks.layer(self.connector),
@@ -168,7 +168,11 @@ impl DialStack {
             Some(limit) => Either::Left(Timeout::new(transport, limit)),
             None => Either::Right(transport),
         };
-        Dialer { inner, by_name }
+        Dialer {
+            inner,
+            by_name,
+            timeout: self.timeout,
+        }
     }
 }
 
@@ -191,7 +195,9 @@ type Inner = Either<Timeout<Transport>, Transport>;
 pub struct Dialer {
     inner: Inner,
     /// For targets only the proxy can reach (onion services, names).
-    by_name: Option<(Socks5<TcpConnector>, Option<Duration>)>,
+    by_name: Option<Socks5<TcpConnector>>,
+    /// The time limit of a dial to an onion or a name, resolution included.
+    timeout: Option<Duration>,
 }
 
 impl Dialer {
@@ -225,38 +231,35 @@ impl Service<crate::Target> for Dialer {
         if let crate::Target::Socket(addr) = target {
             return Box::pin(Service::<SocketAddr>::call(&mut self.inner, addr));
         }
-        let Some((socks, timeout)) = &mut self.by_name else {
-            return match target {
-                crate::Target::Name { host, port } => {
+        let dial: futures_util::future::BoxFuture<'static, Result<TcpStream, BoxError>> =
+            match (&mut self.by_name, target) {
+                (Some(socks), target) => {
+                    let port = crate::policy::PeerAddr::port(&target).unwrap_or(0);
+                    let dial = Service::<(String, u16)>::call(socks, (target.host_string(), port));
+                    Box::pin(async move { dial.await.map_err(Into::into) })
+                }
+                (None, crate::Target::Name { host, port }) => {
                     Box::pin(direct(self.inner.clone(), host, port))
                 }
-                _ => {
+                (None, target) => {
                     let err = crate::NeedsProxy(target.to_string());
-                    Box::pin(std::future::ready(Err(err.into())))
+                    return Box::pin(std::future::ready(Err(err.into())));
                 }
             };
-        };
-        let port = match &target {
-            crate::Target::Onion { port, .. } | crate::Target::Name { port, .. } => *port,
-            crate::Target::Socket(a) => a.port(),
-        };
-        let dial = Service::<(String, u16)>::call(socks, (target.host_string(), port));
-        let timeout = *timeout;
-        Box::pin(async move {
-            match timeout {
-                Some(limit) => match tokio::time::timeout(limit, dial).await {
-                    Ok(r) => r.map_err(Into::into),
-                    Err(_) => Err(tower::timeout::error::Elapsed::new().into()),
-                },
-                None => dial.await.map_err(Into::into),
-            }
-        })
+        match self.timeout {
+            Some(limit) => Box::pin(async move {
+                tokio::time::timeout(limit, dial)
+                    .await
+                    .unwrap_or_else(|_| Err(tower::timeout::error::Elapsed::new().into()))
+            }),
+            None => dial,
+        }
     }
 }
 
 /// A name without a proxy: the system resolves it, and each address is
 /// dialled through the stack in turn until one connects; the last error
-/// otherwise.
+/// otherwise. The stack's time limit covers it all.
 async fn direct(mut inner: Inner, host: String, port: u16) -> Result<TcpStream, BoxError> {
     let addrs = tokio::net::lookup_host((host.as_str(), port)).await?;
     let mut last: Option<BoxError> = None;
