@@ -578,3 +578,33 @@ async fn request_for_feeler_address_ends_the_feeler() {
     handle.stop().await;
     assert_counts_exact(&handle.counters());
 }
+
+/// One feeler at a time: while a feeler's dial hangs (no connect timeout),
+/// no other feeler starts, however many come due.
+#[tokio::test(start_paused = true)]
+async fn one_feeler_at_a_time() {
+    let man = AddrMan::<SocketAddr>::seeded(14).admit_local(true);
+    man.add(refused_addrs(8).await, Source::User);
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let stack = tower::service_fn(move |_: SocketAddr| {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::pending::<std::io::Result<TcpStream>>()
+    });
+    let handle = ConnManager::with_dialer(stack)
+        .target_outbound(0)
+        .connect_timeout(None)
+        .address_manager(man)
+        .feelers(Some(Duration::from_secs(10)))
+        .start()
+        .expect("start");
+    // About sixty feelers come due in ten minutes.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    settle().await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let snap = handle.snapshot().await.expect("snapshot");
+    assert_eq!(snap.entries.len(), 1, "{:?}", snap.entries);
+    assert_eq!(snap.entries[0].info.kind, ConnKind::Feeler);
+    handle.stop().await;
+    assert_counts_exact(&handle.counters());
+}
