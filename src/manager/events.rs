@@ -9,6 +9,8 @@
 use std::{
     collections::{HashMap, VecDeque},
     panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +19,10 @@ use std::{
 
 use tokio::{
     net::TcpStream,
-    sync::mpsc::{self, error::TrySendError},
+    sync::mpsc::{
+        self,
+        error::{SendError, TrySendError},
+    },
     time::Instant,
 };
 
@@ -72,7 +77,14 @@ pub(crate) struct Outbox<IO, A> {
     /// Per request, the position of its failure event in the backlog when
     /// that is its last event there.
     last_failure: HashMap<ConnId, u64>,
+    /// The wait for room in the queue, while the backlog is not empty.
+    waiting: Option<Wait<IO, A>>,
 }
+
+/// A wait for one place in the callback queue.
+type Wait<IO, A> = Pin<
+    Box<dyn Future<Output = Result<mpsc::OwnedPermit<Event<IO, A>>, SendError<()>>> + Send>,
+>;
 
 impl<IO, A> Event<IO, A> {
     fn id(&self) -> ConnId {
@@ -92,6 +104,7 @@ impl<IO, A> Outbox<IO, A> {
             backlog: VecDeque::new(),
             popped: 0,
             last_failure: HashMap::new(),
+            waiting: None,
         }
     }
 
@@ -133,21 +146,6 @@ impl<IO, A> Outbox<IO, A> {
         !self.backlog.is_empty()
     }
 
-    /// Resolves when the queue has room (cancel safe).
-    pub(crate) fn room(&self) -> impl Future<Output = ()> + Send + '_
-    where
-        IO: Send,
-        A: Send,
-    {
-        // Borrows only the sender, which is `Sync`.
-        let tx = &self.tx;
-        async move {
-            if let Ok(place) = tx.reserve().await {
-                drop(place);
-            }
-        }
-    }
-
     /// Queues an event, behind any backlog.
     pub(crate) fn emit(&mut self, event: Event<IO, A>) {
         if self.is_behind() {
@@ -160,13 +158,43 @@ impl<IO, A> Outbox<IO, A> {
         }
     }
 
-    /// Moves what fits of the backlog into the queue.
-    pub(crate) fn flush(&mut self) {
+    /// Moves what fits of the backlog into the queue: ready once the
+    /// backlog is empty, pending (woken when the queue has room) while it
+    /// is not. A backlog the callback task will never take (it is gone)
+    /// is dropped, which closes its connections.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()>
+    where
+        IO: Send + 'static,
+        A: Send + 'static,
+    {
         let tx = self.tx.clone();
-        while let Ok(place) = tx.try_reserve() {
-            match self.pop_front() {
-                Some(event) => place.send(event),
-                None => return,
+        loop {
+            while let Ok(place) = tx.try_reserve() {
+                match self.pop_front() {
+                    Some(event) => place.send(event),
+                    None => break,
+                }
+            }
+            if !self.is_behind() {
+                self.waiting = None;
+                return Poll::Ready(());
+            }
+            let wait = self
+                .waiting
+                .get_or_insert_with(|| Box::pin(tx.clone().reserve_owned()));
+            match wait.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(place)) => {
+                    self.waiting = None;
+                    if let Some(event) = self.pop_front() {
+                        place.send(event);
+                    }
+                }
+                Poll::Ready(Err(_)) => {
+                    self.waiting = None;
+                    while self.pop_front().is_some() {}
+                    return Poll::Ready(());
+                }
             }
         }
     }
@@ -174,6 +202,9 @@ impl<IO, A> Outbox<IO, A> {
     /// At stop: queues the whole backlog, waiting for room until
     /// `deadline`; what is left then is dropped (connections closed).
     pub(crate) async fn close(mut self, deadline: Instant) {
+        // A wait left from the run would hold the next place in the queue
+        // without ever using it.
+        self.waiting = None;
         let tx = self.tx.clone();
         let send_all = async {
             while let Some(event) = self.pop_front() {

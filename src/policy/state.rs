@@ -101,6 +101,14 @@ fn identity(host: Host) -> Host {
     }
 }
 
+/// An outbound request the policy allows, ready to be counted.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    key: u64,
+    /// The group it counts in for diversity, if it does.
+    group: Option<NetGroup>,
+}
+
 #[derive(Debug)]
 pub(crate) struct PolicyState<A, Id> {
     policy: Policy,
@@ -240,38 +248,63 @@ impl<A: PeerAddr + Eq + Hash + Clone, Id: Copy + Eq> PolicyState<A, Id> {
     /// not banned, and for an automatic dial not discouraged and not in a
     /// full netgroup.
     pub(crate) fn may_dial(&self, addr: &A, automatic: bool, now: Instant) -> Result<(), Refusal> {
+        self.check_dial(addr, automatic, now).map(drop)
+    }
+
+    /// [`may_dial`](Self::may_dial), with what [`add_checked`](Self::add_checked)
+    /// needs to count the request without classifying `addr` again.
+    pub(crate) fn check_dial(
+        &self,
+        addr: &A,
+        automatic: bool,
+        now: Instant,
+    ) -> Result<Checked, Refusal> {
         let peer = self.classify(addr.host());
-        if self.outbound.contains_key(&self.key(addr, &peer)) || self.inbound_holds(&peer).is_some()
-        {
+        let key = self.key(addr, &peer);
+        if self.outbound.contains_key(&key) || self.inbound_holds(&peer).is_some() {
             return Err(Refusal::Duplicate);
         }
         if self.bans.find(peer.host, now).is_some() {
             return Err(Refusal::Banned);
         }
+        let counted = automatic && peer.group.counts_for_diversity();
         if automatic {
             if self.discouraged.contains(identity(peer.host), now) {
                 return Err(Refusal::Discouraged);
             }
-            if peer.group.counts_for_diversity() {
+            if counted {
                 let n = self.auto_groups.get(&peer.group).copied().unwrap_or(0);
                 if n >= self.policy.max_outbound_per_netgroup {
                     return Err(Refusal::NetgroupFull);
                 }
             }
         }
-        Ok(())
+        Ok(Checked {
+            key,
+            group: counted.then_some(peer.group),
+        })
     }
 
     /// Counts a new outbound request (checked with [`may_dial`](Self::may_dial)).
     pub(crate) fn add_outbound(&mut self, addr: &A, id: Id, automatic: bool) -> Place {
         let peer = self.classify(addr.host());
-        let key = self.key(addr, &peer);
-        self.outbound.insert(key, id);
-        let counted = automatic && peer.group.counts_for_diversity();
-        if counted {
-            *self.auto_groups.entry(peer.group).or_insert(0) += 1;
+        let checked = Checked {
+            key: self.key(addr, &peer),
+            group: (automatic && peer.group.counts_for_diversity()).then_some(peer.group),
+        };
+        self.add_checked(checked, id)
+    }
+
+    /// Counts a new outbound request checked by [`check_dial`](Self::check_dial),
+    /// with nothing changed in between.
+    pub(crate) fn add_checked(&mut self, checked: Checked, id: Id) -> Place {
+        self.outbound.insert(checked.key, id);
+        if let Some(group) = checked.group {
+            *self.auto_groups.entry(group).or_insert(0) += 1;
         }
-        Place::Outbound { counted }
+        Place::Outbound {
+            counted: checked.group.is_some(),
+        }
     }
 
     /// An automatic request becomes an explicit one: its group no longer

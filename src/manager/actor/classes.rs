@@ -35,11 +35,14 @@ impl<A> FeelerState<A> {
     }
 }
 
-/// The next feeler's time: pending for ever without feelers.
-pub(super) async fn feeler_due<A>(feelers: &mut Option<FeelerState<A>>) {
+/// Whether the next feeler's time has come: never without feelers.
+pub(super) fn poll_feeler_due<A>(
+    feelers: &mut Option<FeelerState<A>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
     match feelers {
-        Some(f) => f.next.as_mut().await,
-        None => std::future::pending().await,
+        Some(f) => f.next.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
     }
 }
 

@@ -168,19 +168,23 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             svc,
             class,
         } = dial;
-        if let Err(why) = self.peers.may_dial(&addr, true, Instant::now()) {
-            // Not a dial and not a failure, and the stack never sees it:
-            // dropping the ready stack frees its permit for the next one.
-            tracing::debug!(%addr, %why, "automatic candidate skipped");
-            self.shared.skipped(why);
-            if let Some(o) = &self.observer {
-                o.skipped(&addr);
+        let checked = match self.peers.check_dial(&addr, true, Instant::now()) {
+            Ok(checked) => checked,
+            Err(why) => {
+                // Not a dial and not a failure, and the stack never sees
+                // it: dropping the ready stack frees its permit for the
+                // next one.
+                tracing::debug!(%addr, %why, "automatic candidate skipped");
+                self.shared.skipped(why);
+                if let Some(o) = &self.observer {
+                    o.skipped(&addr);
+                }
+                return;
             }
-            return;
-        }
+        };
         self.shared.candidate_taken();
         let id = self.shared.next_id();
-        let place = self.peers.add_outbound(&addr, id, true);
+        let place = self.peers.add_checked(checked, id);
         let slot = self.insert(id, addr.clone(), (ConnKind::Automatic, class), place);
         slot.attempts = 1;
         slot.at = started;

@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     future::poll_fn,
     sync::{Arc, atomic::AtomicBool},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -295,63 +296,113 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
 impl<A: Address, D: DialService<A>> Actor<A, D> {
     pub(crate) async fn run(mut self) {
         tracing::debug!("connection manager started");
-        let (mut commands, mut results, mut dropped, mut autos, mut inbound) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let stop = 'run: loop {
-            let behind = self.outbox.is_behind();
-            tokio::select! {
-                biased;
-                n = self.commands.recv_many(&mut commands, BATCH) => {
-                    if n == 0 {
-                        // Every handle is gone.
-                        break 'run None;
-                    }
-                    for cmd in commands.drain(..) {
-                        match cmd {
-                            Command::Stop { close, reply } => break 'run Some((close, reply)),
-                            cmd => self.on_command(cmd),
-                        }
-                    }
-                }
-                _ = self.dropped.recv_many(&mut dropped, BATCH) => {
-                    dropped.drain(..).for_each(|d| self.on_dropped(d));
-                }
-                _ = self.results.recv_many(&mut results, BATCH) => {
-                    results.drain(..).for_each(|r| self.on_dialed(r));
-                }
-                id = poll_fn(|cx| self.retries.poll_expired(cx)),
-                    if !self.retries.is_empty() =>
-                {
-                    self.on_retry_due(id);
-                }
-                () = self.outbox.room(), if behind => self.outbox.flush(),
-                _ = next_tick(self.persist.as_mut().map(|(_, _, every)| every)) => {
-                    self.save_now();
-                }
-                _ = next_tick(self.inactivity.as_mut().map(|(_, every)| every)) => {
-                    self.close_inactive();
-                }
-                () = classes::feeler_due(&mut self.feelers) => self.on_feeler_due(),
-                // No new automatic dial while the callbacks are behind.
-                n = recv_many(&mut self.auto, &mut autos), if !behind => {
-                    if n == 0 {
-                        self.auto = None;
-                    }
-                    autos.drain(..).for_each(|d| self.on_auto_dial(d));
-                }
-                // No accept either.
-                n = recv_many(&mut self.accepted, &mut inbound), if !behind => {
-                    if n == 0 {
-                        self.accepted = None;
-                    }
-                    inbound.drain(..).for_each(|a| self.on_accepted(a));
-                }
-            }
-        };
+        let mut bufs = Bufs::default();
+        let stop = poll_fn(|cx| self.poll_work(cx, &mut bufs)).await;
         let (close, reply) = stop.unzip();
         self.stop(close.unwrap_or(false)).await;
         if let Some(reply) = reply {
             let _ = reply.send(());
+        }
+    }
+
+    /// Handles everything that is ready, in order of priority (commands,
+    /// drop notices, dial results, timers, the callback queue's room, then
+    /// new work: automatic dials and accepted sockets, neither while the
+    /// callbacks are behind), each source drained until it is pending.
+    ///
+    /// One pass serves a wake, however many sources have work: a pass
+    /// leaves every source it polled pending, with this task's waker, so
+    /// a second pass is needed only when a handler changed what an earlier
+    /// poll saw (an earlier retry deadline, the callbacks falling behind
+    /// or catching up). tokio's cooperative budget bounds a pass: once it
+    /// is spent every source is pending and the task is woken again.
+    ///
+    /// Ready with `Some` when a stop was asked, `None` when every handle
+    /// is gone.
+    fn poll_work(&mut self, cx: &mut Context<'_>, bufs: &mut Bufs<A, D>) -> Poll<Stop> {
+        loop {
+            while let Poll::Ready(n) = self.commands.poll_recv_many(cx, &mut bufs.commands, BATCH)
+            {
+                if n == 0 {
+                    // Every handle is gone.
+                    return Poll::Ready(None);
+                }
+                for cmd in bufs.commands.drain(..) {
+                    match cmd {
+                        Command::Stop { close, reply } => return Poll::Ready(Some((close, reply))),
+                        cmd => self.on_command(cmd),
+                    }
+                }
+            }
+            while let Poll::Ready(n) = self.dropped.poll_recv_many(cx, &mut bufs.dropped, BATCH) {
+                if n == 0 {
+                    break;
+                }
+                for d in bufs.dropped.drain(..) {
+                    self.on_dropped(d);
+                }
+            }
+            while let Poll::Ready(n) = self.results.poll_recv_many(cx, &mut bufs.results, BATCH) {
+                if n == 0 {
+                    break;
+                }
+                for r in bufs.results.drain(..) {
+                    self.on_dialed(r);
+                }
+            }
+            while let Poll::Ready(id) = self.retries.poll_expired(cx) {
+                self.on_retry_due(id);
+            }
+            // Each timer polled until pending, so that it wakes this task.
+            while self
+                .persist
+                .as_mut()
+                .is_some_and(|(_, _, every)| every.poll_tick(cx).is_ready())
+            {
+                self.save_now();
+            }
+            while self
+                .inactivity
+                .as_mut()
+                .is_some_and(|(_, every)| every.poll_tick(cx).is_ready())
+            {
+                self.close_inactive();
+            }
+            while classes::poll_feeler_due(&mut self.feelers, cx).is_ready() {
+                self.on_feeler_due();
+            }
+            // The callbacks' queue: room for the backlog.
+            let behind = self.outbox.is_behind() && self.outbox.poll_flush(cx).is_pending();
+            // No new automatic dial while the callbacks are behind; no
+            // accept either.
+            if !behind {
+                while let Some(rx) = self.auto.as_mut() {
+                    match rx.poll_recv_many(cx, &mut bufs.autos, BATCH) {
+                        Poll::Pending => break,
+                        Poll::Ready(0) => self.auto = None,
+                        Poll::Ready(_) => {
+                            for d in bufs.autos.drain(..) {
+                                self.on_auto_dial(d);
+                            }
+                        }
+                    }
+                }
+                while let Some(rx) = self.accepted.as_mut() {
+                    match rx.poll_recv_many(cx, &mut bufs.inbound, BATCH) {
+                        Poll::Pending => break,
+                        Poll::Ready(0) => self.accepted = None,
+                        Poll::Ready(_) => {
+                            for a in bufs.inbound.drain(..) {
+                                self.on_accepted(a);
+                            }
+                        }
+                    }
+                }
+            }
+            // Again only if a handler changed what an earlier poll saw.
+            if !self.retries.needs_poll() && behind == self.outbox.is_behind() {
+                return Poll::Pending;
+            }
         }
     }
 
@@ -523,22 +574,28 @@ fn anchors<A: Address>(man: Option<&AddrMan<A>>, targets: &[usize; 3], max: usiz
     anchors
 }
 
-/// The next tick of a timer the manager may not have: pending for ever
-/// without one.
-async fn next_tick(every: Option<&mut tokio::time::Interval>) {
-    match every {
-        Some(every) => {
-            every.tick().await;
-        }
-        None => std::future::pending().await,
-    }
+/// How the manager's loop ended: a stop (close the connections?, who to
+/// tell), or `None` when every handle is gone.
+type Stop = Option<(bool, tokio::sync::oneshot::Sender<()>)>;
+
+/// What the loop takes off its queues at once, kept between passes.
+struct Bufs<A, D: Service<A>> {
+    commands: Vec<Command<A>>,
+    dropped: Vec<Dropped>,
+    results: Vec<Dialed<D::Response>>,
+    autos: Vec<AutoDial<A, fill::Ready<D>>>,
+    inbound: Vec<Accepted>,
 }
 
-/// `recv_many` on a channel that may be gone: pending for ever then.
-async fn recv_many<T>(rx: &mut Option<mpsc::Receiver<T>>, buf: &mut Vec<T>) -> usize {
-    match rx {
-        Some(rx) => rx.recv_many(buf, BATCH).await,
-        None => std::future::pending().await,
+impl<A, D: Service<A>> Default for Bufs<A, D> {
+    fn default() -> Self {
+        Self {
+            commands: Vec::new(),
+            dropped: Vec::new(),
+            results: Vec::new(),
+            autos: Vec::new(),
+            inbound: Vec::new(),
+        }
     }
 }
 

@@ -42,8 +42,15 @@ impl Timers {
         self.due.remove(&(at, id));
     }
 
+    #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
         self.due.is_empty()
+    }
+
+    /// Whether the first deadline changed since the last poll: it must be
+    /// polled again to be woken at the right time.
+    pub(super) fn needs_poll(&self) -> bool {
+        self.due.first().is_some_and(|&(at, _)| self.armed != Some(at))
     }
 
     /// The next request whose deadline has passed (cancel safe).
