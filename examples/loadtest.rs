@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! cargo run --release --example loadtest -- churn   [--target 125] [--count 20000] [--rounds 5]
+//! cargo run --release --example loadtest -- hops    [--target 125] [--count 20000] [--rounds 5]
 //! cargo run --release --example loadtest -- hold    [--target 10000] [--rounds 3]
 //! cargo run --release --example loadtest -- refused [--target 125] [--count 20000] [--rounds 5]
 //! cargo run --release --example loadtest -- stop    [--target 10000] [--inflight 1000]
@@ -30,6 +31,12 @@
 //!   The raw side runs `target` tasks that each loop: connect, read to EOF.
 //!   Both sides set `TCP_NODELAY` on each connection, as the manager's default
 //!   dial stack does.
+//! - `hops`: `churn` with the manager's side replaced by its task hops
+//!   alone, in plain tokio: a fill task with the permits, a manager task
+//!   that spawns a task per dial, a callback task that hands each
+//!   connection to a reading task of its own, the drop notice back through
+//!   the fill task. No policy, no state map: the floor of a design that
+//!   keeps user code off the manager's task.
 //! - `hold`: `target` connections established and held; reports the time to
 //!   fill and the memory per held connection, each side measured in its own
 //!   child process (peak RSS).
@@ -130,7 +137,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, Error> {
     let scenario = args
         .first()
         .cloned()
-        .ok_or("usage: loadtest <churn|hold|refused|stop|soak|accept> [options]")?;
+        .ok_or("usage: loadtest <churn|hops|hold|refused|stop|soak|accept> [options]")?;
     let (target, count) = match scenario.as_str() {
         "hold" | "stop" | "accept" => (10_000, 0),
         "soak" => (125, 1_000_000),
@@ -185,7 +192,7 @@ fn main() -> Result<(), Error> {
         .enable_all()
         .build()?;
     match opts.scenario.as_str() {
-        "churn" => rt.block_on(churn(&opts)),
+        "churn" | "hops" => rt.block_on(churn(&opts)),
         "hold" => hold(&opts),
         "refused" => rt.block_on(refused(&opts)),
         "stop" => rt.block_on(stop(&opts)),
@@ -609,6 +616,87 @@ where
     Ok(meter.sample(meter.start.elapsed(), count))
 }
 
+/// The manager's task hops alone (`hops`): what `churn_connmgr` does, with
+/// nothing but the channels and tasks it passes through.
+async fn churn_hops(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
+    use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+    type Conn = (TcpStream, OwnedSemaphorePermit);
+    let meter = Meter::start();
+    let permits = Arc::new(Semaphore::new(target));
+    let (auto_tx, mut autos) = mpsc::channel::<(SocketAddr, OwnedSemaphorePermit)>(64);
+    let (results_tx, mut results) = mpsc::unbounded_channel::<Conn>();
+    let (events_tx, mut events) = mpsc::channel::<Conn>(64);
+    let (notices_tx, mut notices) = mpsc::unbounded_channel::<()>();
+    let (relay_tx, mut relayed) = mpsc::unbounded_channel::<()>();
+    let done = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let addrs = addrs.to_vec();
+    tasks.spawn(async move {
+        let mut k = 0usize;
+        loop {
+            tokio::select! {
+                biased;
+                Some(()) = notices.recv() => {
+                    let _ = relay_tx.send(());
+                }
+                permit = permits.clone().acquire_owned() => {
+                    let Ok(permit) = permit else { return };
+                    k = k.wrapping_add(1);
+                    if auto_tx.send((addrs[k % addrs.len()], permit)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                Some(()) = relayed.recv() => {}
+                Some(conn) = results.recv() => {
+                    if events_tx.send(conn).await.is_err() {
+                        return;
+                    }
+                }
+                Some((addr, permit)) = autos.recv() => {
+                    let results_tx = results_tx.clone();
+                    tokio::spawn(async move {
+                        if let Ok(sock) = TcpStream::connect(addr).await {
+                            let _ = sock.set_nodelay(true);
+                            let _ = results_tx.send((sock, permit));
+                        }
+                    });
+                }
+                else => return,
+            }
+        }
+    });
+    let notify = done.clone();
+    tasks.spawn(async move {
+        let mut seen = 0u64;
+        while let Some((mut sock, permit)) = events.recv().await {
+            seen += 1;
+            if seen == count {
+                notify.notify_one();
+            }
+            let notices_tx = notices_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+                drop((sock, permit));
+                let _ = notices_tx.send(());
+            });
+        }
+    });
+    tokio::time::timeout(ROUND_LIMIT, done.notified())
+        .await
+        .map_err(|_| "hops round timed out")?;
+    let wall = meter.start.elapsed();
+    tasks.shutdown().await;
+    Ok(meter.sample(wall, count))
+}
+
 /// Connect, then read until the peer hangs up.
 async fn churn_raw(addrs: &[SocketAddr], target: usize, count: u64) -> Result<Sample, Error> {
     raw_clients(addrs, target, count, |addr| async move {
@@ -688,13 +776,16 @@ fn report(scenario: &str, params: &str, unit: &str, a: &[Sample], b: &[Sample]) 
 
 async fn churn(o: &Opts) -> Result<(), Error> {
     let farm = Farm::start("close", o.peers)?;
+    let hops = o.scenario == "hops";
     println!(
-        "churn: target {} until {} established, {} rounds, {} peers (conns/s)",
-        o.target, o.count, o.rounds, o.peers
+        "{}: target {} until {} established, {} rounds, {} peers (conns/s)",
+        o.scenario, o.target, o.count, o.rounds, o.peers
     );
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for round in 0..o.rounds {
-        let x = if o.only.as_deref() != Some("raw") {
+        let x = if hops {
+            churn_hops(&farm.addrs, o.target, o.count).await?
+        } else if o.only.as_deref() != Some("raw") {
             churn_connmgr(&farm.addrs, o.target, o.count).await?
         } else {
             Sample::NONE
@@ -712,7 +803,7 @@ async fn churn(o: &Opts) -> Result<(), Error> {
         b.push(y);
     }
     report(
-        "churn",
+        &o.scenario,
         &format!("target={} count={} rounds={}", o.target, o.count, o.rounds),
         "conns/s",
         &a,

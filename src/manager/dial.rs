@@ -1,9 +1,19 @@
 //! The dial task: one attempt, from call to result.
 
-use std::{future::Future, panic::AssertUnwindSafe, pin::pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use futures_util::FutureExt;
-use tokio::{sync::OwnedSemaphorePermit, sync::mpsc};
+use pin_project::pin_project;
+use tokio::{
+    sync::{OwnedSemaphorePermit, mpsc},
+    time::Sleep,
+};
 use tower::{BoxError, timeout::error::Elapsed};
 
 use super::{
@@ -21,33 +31,76 @@ use super::{
 /// For an automatic attempt the failure throttle is fed before the dial
 /// future is dropped, and with it the attempt's permit: the fill task sees
 /// the count before it can start a replacement.
-pub(crate) async fn run<F, T, E, IO>(
+///
+/// Written out rather than as an `async fn`: an `async fn` keeps its
+/// arguments beside its locals, and the dial future twice would take the
+/// task past the size the allocator serves from its small bins.
+#[pin_project]
+pub(crate) struct Attempt<F, T, IO> {
+    #[pin]
+    dial: F,
+    #[pin]
+    deadline: Option<Sleep>,
     id: ConnId,
-    fut: F,
-    split: fn(T) -> (IO, Option<OwnedSemaphorePermit>),
-    timeout: Option<Duration>,
+    split: fn(T) -> Io<IO>,
     automatic: bool,
     shared: Arc<Shared>,
     results: mpsc::UnboundedSender<Dialed<IO>>,
-) where
+}
+
+impl<F, T, IO> Attempt<F, T, IO> {
+    pub(crate) fn new(
+        id: ConnId,
+        dial: F,
+        split: fn(T) -> (IO, Option<OwnedSemaphorePermit>),
+        timeout: Option<Duration>,
+        automatic: bool,
+        shared: Arc<Shared>,
+        results: mpsc::UnboundedSender<Dialed<IO>>,
+    ) -> Self {
+        Self {
+            dial,
+            deadline: timeout.map(tokio::time::sleep),
+            id,
+            split,
+            automatic,
+            shared,
+            results,
+        }
+    }
+}
+
+impl<F, T, E, IO> Future for Attempt<F, T, IO>
+where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
 {
-    // Pinned here so that it (and an automatic dial's permit) lives until
-    // the end of this function, past the throttle update.
-    let mut attempt = pin!(AssertUnwindSafe(fut).catch_unwind());
-    let outcome = match timeout {
-        Some(limit) => tokio::time::timeout(limit, attempt.as_mut()).await.ok(),
-        None => Some(attempt.as_mut().await),
-    };
-    let result: Result<Io<IO>, BoxError> = match outcome {
-        None => Err(Elapsed::new().into()),
-        Some(Err(_panic)) => Err(shared.panicked("dial future").into()),
-        Some(Ok(result)) => result.map(split).map_err(Into::into),
-    };
-    if automatic {
-        shared.attempt_ended(result.is_ok());
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        // The dial first, as tokio's `timeout` does: one that is ready
+        // when its time is up still counts.
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.dial.as_mut().poll(cx)));
+        let result: Result<Io<IO>, BoxError> = match polled {
+            Ok(Poll::Ready(result)) => result.map(*this.split).map_err(Into::into),
+            Err(_panic) => Err(this.shared.panicked("dial future").into()),
+            Ok(Poll::Pending) => {
+                let due = this.deadline.as_pin_mut().map(|d| d.poll(cx));
+                if !matches!(due, Some(Poll::Ready(()))) {
+                    return Poll::Pending;
+                }
+                Err(Elapsed::new().into())
+            }
+        };
+        if *this.automatic {
+            this.shared.attempt_ended(result.is_ok());
+        }
+        // The manager may have stopped: a connection is then dropped, closed.
+        let _ = this.results.send(Dialed {
+            id: *this.id,
+            result,
+        });
+        Poll::Ready(())
     }
-    // The manager may have stopped: a connection is then dropped, closed.
-    let _ = results.send(Dialed { id, result });
 }

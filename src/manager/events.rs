@@ -10,11 +10,11 @@ use std::{
     collections::{HashMap, VecDeque},
     panic::AssertUnwindSafe,
     pin::Pin,
-    task::{Context, Poll},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
 };
 
 use tokio::{
@@ -82,9 +82,8 @@ pub(crate) struct Outbox<IO, A> {
 }
 
 /// A wait for one place in the callback queue.
-type Wait<IO, A> = Pin<
-    Box<dyn Future<Output = Result<mpsc::OwnedPermit<Event<IO, A>>, SendError<()>>> + Send>,
->;
+type Wait<IO, A> =
+    Pin<Box<dyn Future<Output = Result<mpsc::OwnedPermit<Event<IO, A>>, SendError<()>>> + Send>>;
 
 impl<IO, A> Event<IO, A> {
     fn id(&self) -> ConnId {

@@ -193,7 +193,10 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         // one failed attempt.
         let ((mut svc, permit), shared) = (svc, self.shared.clone());
         let fut = async move {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(addr))) {
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(addr)));
+            // Not kept across the dial: the task stays small.
+            drop(svc);
+            match called {
                 // The permit moves into the connection, as through the
                 // limit's own `call`.
                 Ok(fut) => crate::limit::future::ResponseFuture::new(fut, Some(permit))
@@ -223,7 +226,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         };
         slot.counted = slot.info.class;
         self.shared.dial_started(slot.counted);
-        let task = dial::run(
+        let task = dial::Attempt::new(
             id,
             fut,
             split,

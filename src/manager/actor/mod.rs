@@ -321,8 +321,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     /// is gone.
     fn poll_work(&mut self, cx: &mut Context<'_>, bufs: &mut Bufs<A, D>) -> Poll<Stop> {
         loop {
-            while let Poll::Ready(n) = self.commands.poll_recv_many(cx, &mut bufs.commands, BATCH)
-            {
+            while let Poll::Ready(n) = self.commands.poll_recv_many(cx, &mut bufs.commands, BATCH) {
                 if n == 0 {
                     // Every handle is gone.
                     return Poll::Ready(None);

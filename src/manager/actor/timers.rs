@@ -50,7 +50,9 @@ impl Timers {
     /// Whether the first deadline changed since the last poll: it must be
     /// polled again to be woken at the right time.
     pub(super) fn needs_poll(&self) -> bool {
-        self.due.first().is_some_and(|&(at, _)| self.armed != Some(at))
+        self.due
+            .first()
+            .is_some_and(|&(at, _)| self.armed != Some(at))
     }
 
     /// The next request whose deadline has passed (cancel safe).
