@@ -152,7 +152,11 @@ impl Shared {
     /// a replacement.
     pub(crate) fn attempt_ended(&self, ok: bool) {
         if ok {
-            self.consecutive_failures.store(0, Relaxed);
+            // Written only when it changes: the line is read by the fill
+            // task on another thread, and a store would take it away.
+            if self.consecutive_failures.load(Relaxed) != 0 {
+                self.consecutive_failures.store(0, Relaxed);
+            }
         } else {
             self.consecutive_failures.fetch_add(1, Relaxed);
         }
@@ -251,7 +255,9 @@ impl Shared {
 
     /// An automatic candidate the policy let through.
     pub(crate) fn candidate_taken(&self) {
-        self.skips_in_a_row.store(0, Relaxed);
+        if self.skips_in_a_row.load(Relaxed) != 0 {
+            self.skips_in_a_row.store(0, Relaxed);
+        }
     }
 
     /// Candidates skipped since the last one taken; the fill task resets it
