@@ -12,6 +12,7 @@ use std::{
 use pin_project::pin_project;
 use tokio::{
     sync::{OwnedSemaphorePermit, mpsc},
+    task::Unconstrained,
     time::Sleep,
 };
 use tower::{BoxError, timeout::error::Elapsed};
@@ -39,8 +40,11 @@ use super::{
 pub(crate) struct Attempt<F, T, IO> {
     #[pin]
     dial: F,
+    /// Polled outside tokio's cooperative budget, as tokio's own `timeout`
+    /// does once the dial has spent it: a dial that spends it on every
+    /// poll (a peer that keeps sending) still runs out of time.
     #[pin]
-    deadline: Option<Sleep>,
+    deadline: Option<Unconstrained<Sleep>>,
     id: ConnId,
     split: fn(T) -> Io<IO>,
     automatic: bool,
@@ -60,7 +64,7 @@ impl<F, T, IO> Attempt<F, T, IO> {
     ) -> Self {
         Self {
             dial,
-            deadline: timeout.map(tokio::time::sleep),
+            deadline: timeout.map(|limit| tokio::task::unconstrained(tokio::time::sleep(limit))),
             id,
             split,
             automatic,

@@ -374,8 +374,11 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             let behind = self.outbox.is_behind() && self.outbox.poll_flush(cx).is_pending();
             // No new automatic dial while the callbacks are behind; no
             // accept either.
+            // Checked before each batch: a batch can put the callbacks
+            // behind, and the backlog must stay bounded by the work that
+            // was under way.
             if !behind {
-                while let Some(rx) = self.auto.as_mut() {
+                while let Some(rx) = self.auto.as_mut().filter(|_| !self.outbox.is_behind()) {
                     match rx.poll_recv_many(cx, &mut bufs.autos, BATCH) {
                         Poll::Pending => break,
                         Poll::Ready(0) => self.auto = None,
@@ -386,7 +389,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                         }
                     }
                 }
-                while let Some(rx) = self.accepted.as_mut() {
+                while let Some(rx) = self.accepted.as_mut().filter(|_| !self.outbox.is_behind()) {
                     match rx.poll_recv_many(cx, &mut bufs.inbound, BATCH) {
                         Poll::Pending => break,
                         Poll::Ready(0) => self.accepted = None,
