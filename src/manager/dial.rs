@@ -18,8 +18,7 @@ use tokio::{
 use tower::{BoxError, timeout::error::Elapsed};
 
 use super::{
-    ConnId,
-    counters::Shared,
+    ConnId, counters,
     message::{Dialed, Io},
 };
 
@@ -36,6 +35,27 @@ use super::{
 /// Written out rather than as an `async fn`: an `async fn` keeps its
 /// arguments beside its locals, and the dial future twice would take the
 /// task past the size the allocator serves from its small bins.
+/// What every dial task of a manager shares: one reference per task,
+/// cloned and dropped once per dial (the counters and the result channel
+/// behind one count, on a line the manager's thread and the dial's share).
+pub(crate) struct Shared<IO> {
+    pub(crate) counters: Arc<counters::Shared>,
+    pub(crate) results: mpsc::UnboundedSender<Dialed<IO>>,
+}
+
+/// The error a dial future gives when the stack's `call` panicked: the
+/// attempt counts it as a panic of the call, not of the future.
+#[derive(Debug)]
+pub(crate) struct CallPanicked;
+
+impl std::fmt::Display for CallPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the dial stack's call panicked")
+    }
+}
+
+impl std::error::Error for CallPanicked {}
+
 #[pin_project]
 pub(crate) struct Attempt<F, T, IO> {
     #[pin]
@@ -48,8 +68,7 @@ pub(crate) struct Attempt<F, T, IO> {
     id: ConnId,
     split: fn(T) -> Io<IO>,
     automatic: bool,
-    shared: Arc<Shared>,
-    results: mpsc::UnboundedSender<Dialed<IO>>,
+    common: Arc<Shared<IO>>,
 }
 
 impl<F, T, IO> Attempt<F, T, IO> {
@@ -59,8 +78,7 @@ impl<F, T, IO> Attempt<F, T, IO> {
         split: fn(T) -> (IO, Option<OwnedSemaphorePermit>),
         timeout: Option<Duration>,
         automatic: bool,
-        shared: Arc<Shared>,
-        results: mpsc::UnboundedSender<Dialed<IO>>,
+        common: Arc<Shared<IO>>,
     ) -> Self {
         Self {
             dial,
@@ -68,8 +86,7 @@ impl<F, T, IO> Attempt<F, T, IO> {
             id,
             split,
             automatic,
-            shared,
-            results,
+            common,
         }
     }
 }
@@ -87,8 +104,15 @@ where
         // when its time is up still counts.
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.dial.as_mut().poll(cx)));
         let result: Result<Io<IO>, BoxError> = match polled {
-            Ok(Poll::Ready(result)) => result.map(*this.split).map_err(Into::into),
-            Err(_panic) => Err(this.shared.panicked("dial future").into()),
+            Ok(Poll::Ready(result)) => result.map(*this.split).map_err(|e| {
+                let e: BoxError = e.into();
+                if e.is::<CallPanicked>() {
+                    this.common.counters.panicked("dial stack call").into()
+                } else {
+                    e
+                }
+            }),
+            Err(_panic) => Err(this.common.counters.panicked("dial future").into()),
             Ok(Poll::Pending) => {
                 let due = this.deadline.as_pin_mut().map(|d| d.poll(cx));
                 if !matches!(due, Some(Poll::Ready(()))) {
@@ -98,10 +122,10 @@ where
             }
         };
         if *this.automatic {
-            this.shared.attempt_ended(result.is_ok());
+            this.common.counters.attempt_ended(result.is_ok());
         }
         // The manager may have stopped: a connection is then dropped, closed.
-        let _ = this.results.send(Dialed {
+        let _ = this.common.results.send(Dialed {
             id: *this.id,
             result,
         });

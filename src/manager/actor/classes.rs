@@ -75,7 +75,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         let id = self.shared.next_id();
         feelers.in_flight = Some(id);
         let place = self.peers.add_outbound(&addr, id, true);
-        let slot = self.insert(id, addr, (ConnKind::Feeler, ConnClass::Feeler), place);
+        let slot = self.insert(id, addr, (ConnKind::Feeler, ConnClass::Feeler), place, now);
         tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "dialing feeler");
         // Dialled like an explicit request: no permit, no throttle.
         self.start_dial(id);

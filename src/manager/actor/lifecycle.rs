@@ -24,13 +24,15 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
     // ===== dials =====
 
     /// Adds an entry to the map; `place` is what it counts for in the
-    /// policy, and it is `Pending` until it connects.
+    /// policy, and it is `Pending` until it connects; `at` is now, read
+    /// once by the caller.
     pub(super) fn insert(
         &mut self,
         id: ConnId,
         addr: A,
         (kind, class): (ConnKind, ConnClass),
         place: Place,
+        at: Instant,
     ) -> &mut Slot<A> {
         self.shared
             .state_changed((kind, class), None, Some(ConnState::Pending));
@@ -45,7 +47,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 state: ConnState::Pending,
                 attempts: 0,
                 retries: 0,
-                at: Instant::now(),
+                at,
                 dial: None,
                 next_attempt: None,
                 control: None,
@@ -100,7 +102,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         }
         let id = self.shared.next_id();
         let place = self.peers.add_outbound(&addr, id, false);
-        let slot = self.insert(id, addr, (kind, ConnClass::FullRelay), place);
+        let slot = self.insert(id, addr, (kind, ConnClass::FullRelay), place, now);
         tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, %kind, "connection requested");
         if inbound.is_some() {
             tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "host connected inbound: dialing when it is free");
@@ -185,13 +187,18 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
         self.shared.candidate_taken();
         let id = self.shared.next_id();
         let place = self.peers.add_checked(checked, id);
-        let slot = self.insert(id, addr.clone(), (ConnKind::Automatic, class), place);
+        let slot = self.insert(
+            id,
+            addr.clone(),
+            (ConnKind::Automatic, class),
+            place,
+            started,
+        );
         slot.attempts = 1;
-        slot.at = started;
         tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "dialing automatic peer");
         // The stack's `call` runs on the dial task, where a panic in it is
         // one failed attempt.
-        let ((mut svc, permit), shared) = (svc, self.shared.clone());
+        let (mut svc, permit) = svc;
         let fut = async move {
             let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(addr)));
             // Not kept across the dial: the task stays small.
@@ -202,7 +209,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
                 Ok(fut) => crate::limit::future::ResponseFuture::new(fut, Some(permit))
                     .await
                     .map_err(Into::into),
-                Err(_) => Err(BoxError::from(shared.panicked("dial stack call"))),
+                Err(_) => Err(BoxError::from(dial::CallPanicked)),
             }
         };
         self.spawn_dial(id, fut, crate::limit::Permitted::into_parts, true);
@@ -232,8 +239,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             split,
             self.connect_timeout,
             automatic,
-            self.shared.clone(),
-            self.results_tx.clone(),
+            self.dial_cx.clone(),
         );
         // A span per dial, made only when a subscriber wants it.
         let span =

@@ -31,6 +31,7 @@ use super::{
     config::Config,
     connection::Control,
     counters::Shared,
+    dial,
     events::{self, Outbox},
     fill::{self, Fill, Relay},
     message::{Accepted, AutoDial, Command, Dialed, Dropped},
@@ -141,7 +142,8 @@ pub(crate) struct Actor<A, D: Service<A>> {
     // the manager from draining them (it only pauses new work).
     //
     // One result per dial in flight.
-    results_tx: mpsc::UnboundedSender<Dialed<D::Response>>,
+    /// What each dial task gets: the counters and the results' sender.
+    dial_cx: Arc<dial::Shared<D::Response>>,
     results: mpsc::UnboundedReceiver<Dialed<D::Response>>,
     // One notice per established connection.
     dropped_tx: mpsc::UnboundedSender<Dropped>,
@@ -261,7 +263,10 @@ pub(crate) fn spawn<A: Address, D: DialService<A>>(
         accepted,
         inbound_addr: config.inbound_addr,
         observer: config.observer,
-        results_tx,
+        dial_cx: Arc::new(dial::Shared {
+            counters: shared.clone(),
+            results: results_tx,
+        }),
         results,
         dropped_tx,
         dropped,

@@ -59,6 +59,7 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             to_addr(peer),
             (ConnKind::Inbound, crate::manager::ConnClass::FullRelay),
             place,
+            now,
         );
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
