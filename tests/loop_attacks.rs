@@ -503,7 +503,6 @@ async fn accept_flood_not_drained_while_behind() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let taken = handle.counters().inbound_accepted;
-        eprintln!("accept flood: {taken} admitted while behind");
         // One in the callback, one in the queue, one accept queue's worth
         // taken in the step that made it behind, and slack of another.
         gate.open();

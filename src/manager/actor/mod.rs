@@ -383,26 +383,16 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             // behind, and the backlog must stay bounded by the work that
             // was under way.
             if !behind {
-                while let Some(rx) = self.auto.as_mut().filter(|_| !self.outbox.is_behind()) {
-                    match rx.poll_recv_many(cx, &mut bufs.autos, BATCH) {
-                        Poll::Pending => break,
-                        Poll::Ready(0) => self.auto = None,
-                        Poll::Ready(_) => {
-                            for d in bufs.autos.drain(..) {
-                                self.on_auto_dial(d);
-                            }
-                        }
+                while !self.outbox.is_behind() && next_batch(&mut self.auto, cx, &mut bufs.autos) {
+                    for d in bufs.autos.drain(..) {
+                        self.on_auto_dial(d);
                     }
                 }
-                while let Some(rx) = self.accepted.as_mut().filter(|_| !self.outbox.is_behind()) {
-                    match rx.poll_recv_many(cx, &mut bufs.inbound, BATCH) {
-                        Poll::Pending => break,
-                        Poll::Ready(0) => self.accepted = None,
-                        Poll::Ready(_) => {
-                            for a in bufs.inbound.drain(..) {
-                                self.on_accepted(a);
-                            }
-                        }
+                while !self.outbox.is_behind()
+                    && next_batch(&mut self.accepted, cx, &mut bufs.inbound)
+                {
+                    for a in bufs.inbound.drain(..) {
+                        self.on_accepted(a);
                     }
                 }
             }
@@ -579,6 +569,26 @@ fn anchors<A: Address>(man: Option<&AddrMan<A>>, targets: &[usize; 3], max: usiz
         anchors.truncate(keep);
     }
     anchors
+}
+
+/// Takes the next batch off a queue the manager may no longer have (the
+/// fill task or the accept loops ended): false when it is pending or gone.
+fn next_batch<T>(
+    rx: &mut Option<mpsc::Receiver<T>>,
+    cx: &mut Context<'_>,
+    buf: &mut Vec<T>,
+) -> bool {
+    let Some(queue) = rx.as_mut() else {
+        return false;
+    };
+    match queue.poll_recv_many(cx, buf, BATCH) {
+        Poll::Pending => false,
+        Poll::Ready(0) => {
+            *rx = None;
+            false
+        }
+        Poll::Ready(_) => true,
+    }
 }
 
 /// How the manager's loop ended: a stop (close the connections?, who to
