@@ -22,24 +22,16 @@ use super::{
     message::{Dialed, Io},
 };
 
-/// Runs one dial attempt to its one result and sends it to the manager.
-///
-/// The connect timeout runs here, with the dial, so an attempt ends exactly
-/// once: connected, failed, timed out or panicked. `split` separates an
-/// automatic connection from its outbound permit.
-///
-/// For an automatic attempt the failure throttle is fed before the dial
-/// future is dropped, and with it the attempt's permit: the fill task sees
-/// the count before it can start a replacement.
-///
-/// Written out rather than as an `async fn`: an `async fn` keeps its
-/// arguments beside its locals, and the dial future twice would take the
-/// task past the size the allocator serves from its small bins.
 /// What every dial task of a manager shares: one reference per task,
 /// cloned and dropped once per dial (the counters and the result channel
 /// behind one count, on a line the manager's thread and the dial's share).
 pub(crate) struct Shared<IO> {
     pub(crate) counters: Arc<counters::Shared>,
+    /// Unbounded, yet bounded by the state map: each dial task sends one
+    /// result, and each has an entry (automatic dials at most the target,
+    /// explicit ones one per request, feelers one at a time). A flooding
+    /// peer starts no dial, and a slow callback does not stop the manager
+    /// from draining this (it only pauses new work).
     pub(crate) results: mpsc::UnboundedSender<Dialed<IO>>,
 }
 
@@ -56,6 +48,19 @@ impl std::fmt::Display for CallPanicked {
 
 impl std::error::Error for CallPanicked {}
 
+/// Runs one dial attempt to its one result and sends it to the manager.
+///
+/// The connect timeout runs here, with the dial, so an attempt ends exactly
+/// once: connected, failed, timed out or panicked. `split` separates an
+/// automatic connection from its outbound permit.
+///
+/// For an automatic attempt the failure throttle is fed before the dial
+/// future is dropped, and with it the attempt's permit: the fill task sees
+/// the count before it can start a replacement.
+///
+/// Written out rather than as an `async fn`: an `async fn` keeps its
+/// arguments beside its locals, and the dial future twice would take the
+/// task past the size the allocator serves from its small bins.
 #[pin_project]
 pub(crate) struct Attempt<F, T, IO> {
     #[pin]

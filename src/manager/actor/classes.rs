@@ -68,13 +68,16 @@ impl<A: Address, D: DialService<A>> Actor<A, D> {
             tracing::trace!("feeler skipped: no address to test");
             return;
         };
-        if let Err(why) = self.peers.may_dial(&addr, true, now) {
-            tracing::debug!(%addr, %why, "feeler skipped");
-            return;
-        }
+        let checked = match self.peers.check_dial(&addr, true, now) {
+            Ok(checked) => checked,
+            Err(why) => {
+                tracing::debug!(%addr, %why, "feeler skipped");
+                return;
+            }
+        };
         let id = self.shared.next_id();
         feelers.in_flight = Some(id);
-        let place = self.peers.add_outbound(&addr, id, true);
+        let place = self.peers.add_checked(checked, id);
         let slot = self.insert(id, addr, (ConnKind::Feeler, ConnClass::Feeler), place, now);
         tracing::debug!(id = %slot.info.id, addr = %slot.info.addr, "dialing feeler");
         // Dialled like an explicit request: no permit, no throttle.

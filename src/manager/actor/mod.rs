@@ -141,7 +141,7 @@ pub(crate) struct Actor<A, D: Service<A>> {
     // gets no entry beyond `max_inbound`, and a slow callback does not stop
     // the manager from draining them (it only pauses new work).
     //
-    // One result per dial in flight.
+    // One result per dial in flight (the sender is in `dial_cx`).
     /// What each dial task gets: the counters and the results' sender.
     dial_cx: Arc<dial::Shared<D::Response>>,
     results: mpsc::UnboundedReceiver<Dialed<D::Response>>,
